@@ -1,0 +1,40 @@
+# One-command set-up for a fresh machine (Python 3.11, CPU only).
+# `make demo` runs the main job, `make test` runs the test suite; both create
+# the virtual environment on first use. pip's wheel cache makes re-runs fast
+# (mmcv 2.1.0 has no prebuilt wheel and is compiled once, ~17 min on 2 cores).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools<70" wheel
+	# torch first: everything below builds or resolves against it.
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -r requirements/build.txt
+	# mmcv ships only a source distribution; its ops need MMCV_WITH_OPS=1 and
+	# the torch above, hence no build isolation.
+	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation "mmcv==2.1.0"
+	$(PIP) install -q -r requirements/toolkits.txt -r requirements/tests.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/bench_layer.py
+	$(PY) bench/bench_kmeans.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,41 @@
+"""Dynamic Group Normalization (DGN) for PyTorch and its detection toolkits.
+
+The core (this package minus ``openmmlab``/``detectron2``) needs only torch,
+numpy and scipy. Importing it registers ``DGN`` with MMEngine when MMEngine is
+installed, so ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
+"""
+from .convert import convert_gn_to_dgn
+from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from .layer import DynamicGroupNorm
+from .layout import GroupBounds, GroupLayout, default_group_ids, group_bounds
+from .model import dgn_layers, is_trainable, regroup_model
+from .regroup import RegroupReport, summarize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DynamicGroupNorm",
+    "dynamic_group_norm",
+    "dynamic_group_norm_with_stats",
+    "convert_gn_to_dgn",
+    "regroup_model",
+    "dgn_layers",
+    "is_trainable",
+    "RegroupReport",
+    "summarize",
+    "GroupBounds",
+    "GroupLayout",
+    "group_bounds",
+    "default_group_ids",
+]
+
+
+def _register_with_openmmlab() -> None:
+    try:
+        import mmengine  # noqa: F401
+    except ImportError:
+        return
+    from . import openmmlab  # noqa: F401  (registers DGN and DGNRegroupHook)
+
+
+_register_with_openmmlab()

@@ -1,0 +1,50 @@
+"""Module conversion helpers, in the manner of detectron2's FrozenBatchNorm2d.
+
+``convert_gn_to_dgn`` swaps every ``nn.GroupNorm`` of a model for a
+``DynamicGroupNorm`` with the same weights; at GN's default grouping the
+outputs are unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layer import DynamicGroupNorm
+
+__all__ = ["convert_gn_to_dgn"]
+
+
+def convert_gn_to_dgn(module: nn.Module, **dgn_kwargs) -> nn.Module:
+    """Return ``module`` with every ``nn.GroupNorm`` replaced by a DGN layer.
+
+    Works recursively and in place on children; if ``module`` itself is a
+    GroupNorm a new layer is returned. ``dgn_kwargs`` go to
+    ``DynamicGroupNorm`` (``alpha``, ``percentile``, ...). Weights, device,
+    dtype, training mode and ``requires_grad`` carry over.
+    """
+    if isinstance(module, nn.GroupNorm) and not isinstance(module, DynamicGroupNorm):
+        kwargs = dict(dgn_kwargs)
+        if kwargs.get("group_size") is None:
+            kwargs.setdefault("num_groups", module.num_groups)
+        reference = module.weight if module.affine else None
+        converted = DynamicGroupNorm(
+            module.num_channels,
+            eps=module.eps,
+            affine=module.affine,
+            device=reference.device if reference is not None else None,
+            dtype=reference.dtype if reference is not None else None,
+            **kwargs,
+        )
+        if module.affine:
+            with torch.no_grad():
+                converted.weight.copy_(module.weight)
+                converted.bias.copy_(module.bias)
+            converted.weight.requires_grad_(module.weight.requires_grad)
+            converted.bias.requires_grad_(module.bias.requires_grad)
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        new_child = convert_gn_to_dgn(child, **dgn_kwargs)
+        if new_child is not child:
+            module.add_module(name, new_child)
+    return module

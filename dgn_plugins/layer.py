@@ -1,0 +1,246 @@
+"""``DynamicGroupNorm``: GroupNorm whose groups change during training.
+
+It subclasses ``nn.GroupNorm`` so that toolkits treat it as GN (init rules,
+weight-decay rules, ``is_norm`` checks, ``gn``/``norm`` checkpoint keys), and
+keeps its grouping in persistent buffers whose shapes depend only on C:
+
+- ``group_id`` [C] int64: the group of each channel;
+- ``channel_mean_ema``, ``channel_var_ema`` [C] float32: running (EMA over
+  training iterations) per-channel statistics, the input of the regroup rule;
+- ``num_stat_updates``, ``num_regroups``: scalar counters (the first seeds the
+  EMA, the second the k-means restarts, so a resumed run regroups the same way).
+
+At construction the grouping is GN's, so a GN checkpoint loads and gives
+identical outputs.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .functional import dynamic_group_norm_with_stats
+from .layout import GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds, resolve_num_groups
+from .regroup import RegroupReport, plan_regroup, standardize
+
+__all__ = ["DynamicGroupNorm", "CLUSTER_FEATURES"]
+
+#: Per-channel statistics that can serve as k-means features.
+CLUSTER_FEATURES = ("mean", "var", "std")
+
+_GROUPING_BUFFERS = ("group_id", "channel_mean_ema", "channel_var_ema", "num_stat_updates", "num_regroups")
+
+
+class DynamicGroupNorm(nn.GroupNorm):
+    r"""Group normalization with data-driven, periodically regrouped channels.
+
+    Args:
+        num_channels: C, the number of channels of the input (N, C, \*).
+        num_groups: K, used when ``group_size`` is not given.
+        eps, affine: as in ``nn.GroupNorm``.
+        group_size: the poster's default group size g; then K = floor(C / g).
+        alpha: group sizes stay in [floor((1-alpha) g), floor((1+alpha) g)].
+        percentile: p in [0, 1]; groups whose intra-group variance of channel
+            means exceeds the p-th percentile are dissolved at a regroup.
+        momentum: EMA factor of the running channel statistics.
+        track_channel_stats: collect running statistics in training mode.
+        cluster_features: which running statistics k-means clusters on
+            (standardised), a subset of ``("mean", "var", "std")``.
+        seed, n_init, max_iter: the k-means solver's settings.
+    """
+
+    _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int = 32,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        group_size: Optional[int] = None,
+        alpha: float = 0.5,
+        percentile: float = 0.75,
+        momentum: float = 0.1,
+        track_channel_stats: bool = True,
+        cluster_features: Sequence[str] = ("mean", "var"),
+        seed: int = 0,
+        n_init: int = 10,
+        max_iter: int = 300,
+        device=None,
+        dtype=None,
+    ) -> None:
+        num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
+        bounds = group_bounds(default_size, alpha)
+        group_id = default_group_ids(num_channels, num_groups, bounds)  # raises if infeasible
+        if not 0.0 <= percentile <= 1.0:
+            raise ValueError(f"percentile must lie in [0, 1], got {percentile}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
+        unknown = set(cluster_features) - set(CLUSTER_FEATURES)
+        if unknown or not cluster_features:
+            raise ValueError(f"cluster_features must be a non-empty subset of {CLUSTER_FEATURES}, got {cluster_features}")
+        # GroupNorm's divisibility check would reject ragged groupings: pass it
+        # a trivially valid K and set the real one after.
+        super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype)
+        self.num_groups = num_groups
+        self.group_size = group_size
+        self.default_group_size = default_size
+        self.alpha = alpha
+        self.bounds = bounds
+        self.percentile = percentile
+        self.momentum = momentum
+        self.track_channel_stats = track_channel_stats
+        self.cluster_features = tuple(cluster_features)
+        self.seed, self.n_init, self.max_iter = seed, n_init, max_iter
+
+        self.register_buffer("group_id", group_id.to(device))
+        self.register_buffer("channel_mean_ema", torch.zeros(num_channels, device=device))
+        self.register_buffer("channel_var_ema", torch.ones(num_channels, device=device))
+        self.register_buffer("num_stat_updates", torch.tensor(0, dtype=torch.long, device=device))
+        self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
+        # Derived from group_id; recomputed whenever the grouping changes.
+        self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() < 2 or input.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_channels}) expects input of shape (N, {self.num_channels}, *), "
+                f"got {tuple(input.shape)}"
+            )
+        output, channel_mean, channel_var = dynamic_group_norm_with_stats(
+            input, self.group_id, self.num_groups, self.weight, self.bias, self.eps, self.group_count
+        )
+        if self.training and self.track_channel_stats and input.shape[0] > 0:
+            self._update_channel_stats(channel_mean, channel_var)
+        return output
+
+    @torch.no_grad()
+    def _update_channel_stats(self, channel_mean: Tensor, channel_var: Tensor) -> None:
+        """EMA of the batch's channel mean and (total) variance, from forward's stats.
+
+        Non-finite batch statistics leave the running values untouched, so one
+        bad batch cannot poison every later regroup. No host synchronisation.
+        """
+        batch_mean = channel_mean.mean(0)
+        batch_var = (channel_var + (channel_mean - batch_mean).pow(2)).mean(0)
+        first = self.num_stat_updates == 0
+        for running, batch in ((self.channel_mean_ema, batch_mean), (self.channel_var_ema, batch_var)):
+            batch = batch.to(running.dtype)
+            updated = torch.where(first, batch, torch.lerp(running, batch, self.momentum))
+            running.copy_(torch.where(torch.isfinite(updated), updated, running))
+        self.num_stat_updates.add_(1)
+
+    # ----------------------------------------------------------------- grouping
+    @property
+    def layout(self) -> GroupLayout:
+        """The grouping as sizes / offsets / channels sorted by group."""
+        return GroupLayout.from_group_ids(self.group_id, self.num_groups)
+
+    def reset_grouping(self) -> None:
+        """Back to GN's contiguous grouping."""
+        self.set_group_ids(default_group_ids(self.num_channels, self.num_groups))
+
+    @torch.no_grad()
+    def set_group_ids(self, group_id) -> None:
+        """Validate and swap in a new grouping at once (never half-updated)."""
+        group_id = torch.as_tensor(group_id)
+        check_group_ids(group_id, self.num_channels, self.num_groups, self.bounds)
+        group_id = group_id.to(device=self.group_id.device, dtype=torch.long)
+        group_count = torch.bincount(group_id, minlength=self.num_groups)
+        self.group_id.copy_(group_id)
+        self.group_count.copy_(group_count)
+
+    def cluster_feature_matrix(self) -> np.ndarray:
+        """Standardised [C, d] k-means features from the running statistics."""
+        stats = {
+            "mean": self.channel_mean_ema.double().cpu().numpy(),
+            "var": self.channel_var_ema.double().cpu().numpy(),
+        }
+        stats["std"] = np.sqrt(np.maximum(stats["var"], 0.0))
+        return standardize(np.stack([stats[f] for f in self.cluster_features], axis=1))
+
+    def regroup(self, percentile: Optional[float] = None, seed: Optional[int] = None, name: str = "") -> RegroupReport:
+        """Apply the DGN rule once (see :mod:`dgn_plugins.regroup`).
+
+        Degenerate or non-finite statistics, or a solver failure, leave the
+        grouping unchanged and return a report whose ``skipped`` says why.
+        """
+        percentile = self.percentile if percentile is None else percentile
+        if seed is None:  # a new k-means seed per regroup, reproducible on resume
+            seed = self.seed + int(self.num_regroups)
+        reason = self._unusable_statistics()
+        if reason is not None:
+            warnings.warn(f"DGN regroup skipped{' for ' + name if name else ''}: {reason}", RuntimeWarning, stacklevel=2)
+            return RegroupReport(name=name, num_groups=self.num_groups, skipped=reason)
+        try:
+            plan = plan_regroup(
+                self.channel_mean_ema.double().cpu().numpy(),
+                self.cluster_feature_matrix(),
+                self.group_id.cpu().numpy(),
+                self.num_groups,
+                self.bounds,
+                percentile,
+                seed=seed,
+                n_init=self.n_init,
+                max_iter=self.max_iter,
+                name=name,
+            )
+            self.set_group_ids(torch.from_numpy(plan.group_id))
+        except Exception as error:  # keep the previous grouping, say why
+            reason = f"regroup failed, grouping unchanged: {type(error).__name__}: {error}"
+            warnings.warn(f"DGN {name}: {reason}", RuntimeWarning, stacklevel=2)
+            return RegroupReport(name=name, num_groups=self.num_groups, skipped=reason)
+        self.num_regroups.add_(1)
+        return plan.report
+
+    def _unusable_statistics(self) -> Optional[str]:
+        if int(self.num_stat_updates) == 0:
+            return "no running channel statistics yet (run training iterations first)"
+        if not (torch.isfinite(self.channel_mean_ema).all() and torch.isfinite(self.channel_var_ema).all()):
+            return "non-finite running channel statistics"
+        if self.num_groups < 2:
+            return "a single group has nothing to regroup"
+        return None
+
+    # ------------------------------------------------------------- checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # A plain nn.GroupNorm state dict has no grouping buffers: it means GN's
+        # grouping and fresh statistics, not missing keys.
+        key = prefix + "group_id"
+        if key not in state_dict:
+            defaults = {
+                "group_id": default_group_ids(self.num_channels, self.num_groups),
+                "channel_mean_ema": torch.zeros_like(self.channel_mean_ema),
+                "channel_var_ema": torch.ones_like(self.channel_var_ema),
+                "num_stat_updates": torch.zeros_like(self.num_stat_updates),
+                "num_regroups": torch.zeros_like(self.num_regroups),
+            }
+            for name, value in defaults.items():
+                state_dict.setdefault(prefix + name, value)
+        else:
+            try:
+                check_group_ids(state_dict[key], self.num_channels, self.num_groups, self.bounds, what=f"checkpoint buffer '{key}'")
+            except ValueError as error:
+                raise ValueError(f"corrupt DGN grouping in checkpoint: {error}") from None
+            for name in ("channel_mean_ema", "channel_var_ema"):
+                value = state_dict.get(prefix + name)
+                if value is not None and tuple(value.shape) != (self.num_channels,):
+                    raise ValueError(
+                        f"corrupt DGN statistics in checkpoint: '{prefix + name}' has shape {tuple(value.shape)}, "
+                        f"expected ({self.num_channels},)"
+                    )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        with torch.no_grad():
+            self.group_count.copy_(torch.bincount(self.group_id.long(), minlength=self.num_groups))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"sizes=[{self.bounds.size_min}, {self.bounds.size_max}], percentile={self.percentile}, "
+            f"momentum={self.momentum}"
+        )

@@ -1,0 +1,61 @@
+"""Model-level operations: find DGN layers, regroup them all."""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+from torch import nn
+
+from .distributed import average_channel_stats, broadcast_groupings
+from .layer import DynamicGroupNorm
+from .regroup import RegroupReport
+
+__all__ = ["dgn_layers", "is_trainable", "regroup_model"]
+
+
+def _clean_name(name: str) -> str:
+    # DDP / MMEngine wrappers prefix every name with "module."
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+def dgn_layers(model: nn.Module) -> List[Tuple[str, DynamicGroupNorm]]:
+    """``(name, layer)`` for every DynamicGroupNorm in ``model``."""
+    return [(_clean_name(n), m) for n, m in model.named_modules() if isinstance(m, DynamicGroupNorm)]
+
+
+def is_trainable(layer: DynamicGroupNorm) -> bool:
+    """Regroup only layers that learn: training mode, parameters not frozen.
+
+    This is how frozen stages (eval mode + ``requires_grad=False``) and
+    ``norm_cfg=dict(..., requires_grad=False)`` are skipped.
+    """
+    if not layer.training:
+        return False
+    params = list(layer.parameters(recurse=False))
+    return all(p.requires_grad for p in params) if params else True
+
+
+def regroup_model(
+    model: nn.Module,
+    *,
+    only_trainable: bool = True,
+    percentile: Optional[float] = None,
+    layer_filter: Optional[Callable[[str, DynamicGroupNorm], bool]] = None,
+    sync: bool = True,
+) -> List[RegroupReport]:
+    """Regroup every (trainable) DGN layer of ``model``; one report per layer.
+
+    With ``torch.distributed`` initialised and ``sync``, ranks first average
+    their running statistics and end with rank 0's groupings, so all ranks
+    hold identical groupings afterwards.
+    """
+    layers = [
+        (name, layer)
+        for name, layer in dgn_layers(model)
+        if (not only_trainable or is_trainable(layer)) and (layer_filter is None or layer_filter(name, layer))
+    ]
+    if sync:
+        average_channel_stats(layer for _, layer in layers)
+    reports = [layer.regroup(percentile=percentile, name=name) for name, layer in layers]
+    if sync:
+        broadcast_groupings(layer for _, layer in layers)
+    return reports

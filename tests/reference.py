@@ -1,0 +1,42 @@
+"""Float64 references that the fast code is checked against.
+
+Written the obvious way (gather each group's channels, normalise them): slow,
+but with nothing clever to get wrong.
+"""
+import torch
+
+
+def group_norm_reference(x, group_id, num_groups, weight=None, bias=None, eps=1e-5):
+    """Per-group normalisation in float64 by explicit gathering (differentiable)."""
+    x64 = x.double()
+    n = x64.shape[0]
+    out = torch.zeros_like(x64, memory_format=torch.contiguous_format)
+    for k in range(num_groups):
+        channels = (group_id == k).nonzero().flatten()
+        members = x64[:, channels]
+        flat = members.flatten(1)
+        mean = flat.mean(dim=1)
+        var = flat.var(dim=1, unbiased=False)
+        shape = (n,) + (1,) * (x64.dim() - 1)
+        normed = (members - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
+        out = out.index_copy(1, channels, normed)
+    per_channel = (1, -1) + (1,) * (x64.dim() - 2)
+    if weight is not None:
+        out = out * weight.double().view(per_channel)
+    if bias is not None:
+        out = out + bias.double().view(per_channel)
+    return out
+
+
+def random_group_ids(num_channels, num_groups, size_min, size_max, generator=None):
+    """A random grouping with every size in [size_min, size_max], channels shuffled."""
+    sizes = torch.full((num_groups,), size_min, dtype=torch.long)
+    spare = num_channels - num_groups * size_min
+    assert 0 <= spare <= num_groups * (size_max - size_min)
+    while spare:
+        k = int(torch.randint(num_groups, (1,), generator=generator))
+        if sizes[k] < size_max:
+            sizes[k] += 1
+            spare -= 1
+    ids = torch.repeat_interleave(torch.arange(num_groups), sizes)
+    return ids[torch.randperm(num_channels, generator=generator)]
