@@ -1,4 +1,10 @@
-"""OpenMMLab adapters: registry entries (and, later, hooks and datasets)."""
+"""OpenMMLab adapters: registry entries, the regroup hook, ImageNet-S support.
+
+Imported by ``dgn_plugins`` when MMEngine is installed. Everything is
+registered in MMEngine's root registries (or, for datasets, transforms and
+metrics that only make sense in MMSegmentation, in mmseg's), so both the
+``mmdet`` and ``mmseg`` default scopes find it.
+"""
 from .registry import register_all
 
 register_all()
