@@ -22,7 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from .kmeans import inertia_of, size_constrained_kmeans
 from .layout import GroupBounds
 
-__all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "standardize", "plan_regroup"]
+__all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "standardize", "plan_regroup", "summarize"]
 
 
 @dataclass
@@ -90,6 +90,18 @@ def _match_labels(old_labels: np.ndarray, new_labels: np.ndarray, num_clusters: 
     return mapping[new_labels]
 
 
+def _check_solver_labels(labels: np.ndarray, num_points: int, num_clusters: int, bounds: GroupBounds) -> None:
+    """Refuse a solver answer that is not a partition within the bounds."""
+    if labels.shape != (num_points,) or labels.min(initial=0) < 0 or labels.max(initial=0) >= num_clusters:
+        raise ValueError(f"solver returned labels of shape {labels.shape} outside [0, {num_clusters})")
+    sizes = np.bincount(labels, minlength=num_clusters)
+    if sizes.min() < bounds.size_min or sizes.max() > bounds.size_max:
+        raise ValueError(
+            f"solver returned group sizes in [{sizes.min()}, {sizes.max()}], outside "
+            f"[L={bounds.size_min}, H={bounds.size_max}]"
+        )
+
+
 def plan_regroup(
     channel_mean: np.ndarray,
     features: np.ndarray,
@@ -142,7 +154,9 @@ def plan_regroup(
         seed=seed,
         init_labels=old_local,  # the current grouping is a start: never worse than now
     )
-    new_local = _match_labels(old_local, np.asarray(result.labels, dtype=np.int64), int(dissolved.size))
+    labels = np.asarray(result.labels, dtype=np.int64)
+    _check_solver_labels(labels, candidates.size, int(dissolved.size), bounds)
+    new_local = _match_labels(old_local, labels, int(dissolved.size))
 
     new_group_id = group_id.copy()
     new_group_id[candidates] = dissolved[new_local]

@@ -1,0 +1,25 @@
+import pytest
+
+from dgn_plugins.schedule import RegroupSchedule
+
+
+def test_due_every_interval_between_start_and_stop():
+    schedule = RegroupSchedule(interval=10, start=20, stop=50)
+    assert [s for s in range(0, 80) if schedule.is_due(s)] == [20, 30, 40, 50]
+    assert [s for s in range(0, 35) if RegroupSchedule(interval=10).is_due(s)] == [10, 20, 30]
+
+
+def test_once_per_step_and_state_round_trip():
+    schedule = RegroupSchedule(interval=5)
+    assert schedule.is_due(5)
+    schedule.mark_done(5)
+    assert not schedule.is_due(5)
+    resumed = RegroupSchedule(interval=5)
+    resumed.load_state_dict(schedule.state_dict())
+    assert not resumed.is_due(5) and resumed.is_due(10)
+
+
+@pytest.mark.parametrize("kwargs", [dict(interval=0), dict(start=-1), dict(start=10, stop=5)])
+def test_bad_schedules_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        RegroupSchedule(**kwargs)
