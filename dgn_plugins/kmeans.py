@@ -14,10 +14,17 @@ inside fixed bounds, so plain k-means does not do.
   n = 2048, k = 128, while consecutive Lloyd steps differ by a few points.  So the step
   is a successive-shortest-path solver on the compact graph of the k clusters plus one
   "slack" node, warm-started from the previous step's dual prices (``potentials``); the
-  shortest paths are scipy's Dijkstra.  With exact steps Lloyd never increases the
-  inertia.  The best run is then refined by Hartigan moves and two-point swaps, which
-  count the centre shift that Lloyd's fixed-centre step ignores, alternated with
-  warm-started Lloyd until neither improves.
+  shortest paths are scipy's Dijkstra.  A cold step (a new start: no prices yet) first
+  solves the same problem for a fixed half of the points with halved bounds, recursively
+  down to a few hundred points, and starts from those prices: loads are then already
+  near their bounds, which halves the rounds of the full solve.  With exact steps Lloyd
+  never increases the inertia.  The best run is then refined by Hartigan moves and
+  two-point swaps, which count the centre shift that Lloyd's fixed-centre step ignores,
+  alternated with warm-started Lloyd until neither improves.  Last come "random swap"
+  trials (Franti's relocation search): one centre jumps elsewhere, a short warm Lloyd
+  run follows, and the trial is kept only if it lowers the inertia.  Under tight size
+  bounds the quality of a run is mostly decided by how many clusters each dense region
+  gets, which Lloyd never changes; these jumps do, and cost a few warm steps each.
 """
 from __future__ import annotations
 
@@ -44,14 +51,22 @@ class ConstrainedKMeansResult:
     n_iter: int  # Lloyd iterations of the returned run (0 for the exact 1-D solver)
 
 
-def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=10, max_iter=300,
-                            tol=1e-4, seed=0, init_labels=None) -> ConstrainedKMeansResult:
+def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=3, max_iter=300,
+                            tol=1e-4, seed=0, init_labels=None,
+                            n_relocations=15) -> ConstrainedKMeansResult:
     """Cluster the rows of ``X`` into ``n_clusters`` groups with sizes in ``[size_min, size_max]``.
 
     ``tol`` is relative, as in scikit-learn: a run stops once the summed squared centre
     shift is at most ``tol`` times the mean per-feature variance (or once the labels
     stop changing).  ``init_labels``, a feasible labelling, is one more starting point,
     so the result is never worse than it.  The result is deterministic given ``seed``.
+
+    For ``d > 1`` the best of the ``n_init`` (+ ``init_labels``) runs is then improved by
+    ``n_relocations`` "random swap" trials: one centre of the best solution so far jumps
+    to a point drawn with probability proportional to its squared distance to its own
+    centre, a few warm-started Lloyd steps follow, and the trial is kept only if it lowers
+    the inertia.  Lloyd alone cannot move a centre across the data (how many clusters a
+    dense region gets is fixed by the start); these jumps can, and they are cheap.
     """
     points = _as_points(X)
     n_points, n_features = points.shape
@@ -62,6 +77,9 @@ def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=10, max
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float, np.floating, np.integer)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if (isinstance(n_relocations, bool) or not isinstance(n_relocations, (int, np.integer))
+            or n_relocations < 0):
+        raise ValueError(f"n_relocations must be an integer >= 0, got {n_relocations!r}")
     if init_labels is not None:
         init_labels = _check_labels(init_labels, n_points, n_clusters, size_min, size_max)
 
@@ -81,7 +99,10 @@ def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=10, max
         run, potentials = _lloyd(points, centers, start, size_min, size_max, max_iter, shift_tol)
         if best is None or run.inertia < best.inertia:
             best, best_potentials = run, potentials
-    return _refine(points, best, best_potentials, size_min, size_max, max_iter, shift_tol)
+    best, best_potentials = _refine(points, best, best_potentials, size_min, size_max, max_iter,
+                                    shift_tol)
+    return _relocate(points, best, best_potentials, int(n_relocations), rng, size_min, size_max,
+                     max_iter, shift_tol)
 
 
 def inertia_of(X, labels, n_clusters) -> float:
@@ -307,6 +328,44 @@ def _refine(points, run, potentials, size_min, size_max, max_iter, shift_tol, ma
                                    shift_tol, potentials)
         n_iter += again.n_iter
         run = ConstrainedKMeansResult(again.labels, again.centers, again.inertia, n_iter)
+    return run, potentials
+
+
+def _relocate(points, run, potentials, n_trials, rng, size_min, size_max, max_iter, shift_tol,
+              trial_iter=6):
+    """Random-swap descent: move one centre elsewhere, run a short warm Lloyd, keep if better.
+
+    The other clusters keep their prices (a valid warm start: any prices are), the moved
+    one starts at price 0.  An accepted trial is run on to a Lloyd fixed point and refined,
+    so the result stays a fixed point of both Lloyd and the exchange descent.
+    """
+    n_points, n_clusters = points.shape[0], run.centers.shape[0]
+    if n_clusters < 2:
+        return run
+    if potentials is None:
+        potentials = np.zeros(n_clusters)
+    for _ in range(n_trials):
+        residual = ((points - run.centers[run.labels]) ** 2).sum(axis=1)
+        total = residual.sum()
+        if total <= 0.0:
+            break  # every point sits on its centre: nothing to improve
+        point = min(int(np.searchsorted(np.cumsum(residual), rng.random() * total, side="right")),
+                    n_points - 1)
+        moved = int(rng.integers(n_clusters))
+        centers = run.centers.copy()
+        centers[moved] = points[point]
+        prices = potentials.copy()
+        prices[moved] = 0.0
+        trial, prices = _lloyd(points, centers, None, size_min, size_max,
+                               min(max_iter, trial_iter), shift_tol, prices)
+        if trial.inertia >= run.inertia:
+            continue
+        if trial.n_iter == min(max_iter, trial_iter):  # cut short: finish the Lloyd run
+            trial, prices = _lloyd(points, trial.centers, trial.labels, size_min, size_max,
+                                   max_iter, shift_tol, prices)
+        trial = ConstrainedKMeansResult(trial.labels, trial.centers, trial.inertia,
+                                        run.n_iter + trial.n_iter)
+        run, potentials = _refine(points, trial, prices, size_min, size_max, max_iter, shift_tol)
     return run
 
 
@@ -423,6 +482,9 @@ def _chunks(weights, limit):
         yield slice(start, len(weights))
 
 
+_COARSE_MIN_POINTS = 256  # smallest sub-problem worth solving for a cold start's prices
+
+
 class _Transport:
     """Successive shortest paths for the size-bounded assignment, on a (k + 1)-node graph.
 
@@ -471,7 +533,7 @@ class _Transport:
     def solve(self):
         k = self.n_clusters
         if self.start_prices is None:
-            prices = np.zeros(k)
+            prices = self._coarse_prices()
         else:
             prices = np.where(np.abs(self.start_prices) <= self.tol, 0.0, self.start_prices)
         labels, overflow, excess = self._greedy_start(prices)
@@ -487,6 +549,7 @@ class _Transport:
         self.overflow = overflow
         self.excess = np.append(excess, -excess.sum())  # T balances the books
         self.prices = np.append(prices, 0.0)
+        self.members = {}  # cluster -> member indices, valid until the cluster changes
         self._build_graph()
         push, idle = True, 0
         while self.excess[:k].any():
@@ -495,6 +558,28 @@ class _Transport:
                 raise RuntimeError("constrained assignment made no progress")
             push = not push
         return self.labels, self.prices[:k] - self.prices[k]
+
+    def _coarse_prices(self):
+        """Start prices for a cold solve: the exact prices of half the points, recursively.
+
+        A cold start from zero prices needs a number of rounds that grows with n (the
+        clusters' loads are far from their bounds and every round moves each edge's
+        cheapest point only).  Prices are per unit of cost, so those of a half-size
+        problem with halved bounds already balance the loads roughly; the full solve then
+        only repairs what is left.  Any prices are a valid start, so this never changes
+        the optimal cost, only the number of rounds (and which of tied optima is returned).
+        """
+        n, k = self.n_points, self.n_clusters
+        half = n // 2
+        if half < _COARSE_MIN_POINTS:
+            return np.zeros(k)
+        low = max(1, (self.size_min * half) // n)
+        high = max(low, -(-(self.size_min + self.room) * half // n))
+        if k * low > half or k * high < half:
+            return np.zeros(k)
+        subset = np.sort(np.random.default_rng(n).permutation(n)[:half])
+        _, prices = _Transport(self.cost[subset], low, high, None, None).solve()
+        return np.where(np.abs(prices) <= self.tol, 0.0, prices)
 
     # -- compact graph -------------------------------------------------------
     def _build_graph(self):
@@ -520,16 +605,26 @@ class _Transport:
             nonempty = sizes > 0
             rows[nonempty] = np.minimum.reduceat(gaps[order], starts[nonempty], axis=0)
             self.move_cost[:k, :k] = rows
-        else:
-            for cluster in self.dirty:
-                members = np.flatnonzero(labels == cluster)
-                if members.size:
-                    block = cost[members]
-                    self.move_cost[cluster, :k] = (block - block[:, cluster][:, None]).min(axis=0)
-                else:
-                    self.move_cost[cluster, :k] = np.inf
+        elif self.dirty:  # one batched pass over the members of the dirty clusters
+            clusters = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
+            groups = [self._members(cluster) for cluster in clusters]
+            counts = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+            self.move_cost[clusters, :k] = np.inf
+            filled = counts > 0
+            if filled.any():
+                members = np.concatenate(groups)
+                block = cost[members]
+                block -= block[np.arange(members.size), labels[members]][:, None]
+                starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[filled]
+                self.move_cost[clusters[filled], :k] = np.minimum.reduceat(block, starts, axis=0)
         np.fill_diagonal(self.move_cost, np.inf)
         self.dirty.clear()
+
+    def _members(self, cluster):
+        members = self.members.get(cluster)
+        if members is None:
+            members = self.members[cluster] = np.flatnonzero(self.labels == cluster)
+        return members
 
     def _reduced_costs(self):
         k, prices = self.n_clusters, self.prices
@@ -565,7 +660,6 @@ class _Transport:
             ends = sinks[finite[sinks]]
         self.prices -= self.prices[k]
         used_moves = set()
-        self.members = {}  # cluster -> member indices, valid until the cluster changes
         applied = 0
         for end in ends[np.argsort(dist[ends], kind="stable")]:
             path = [int(end)]
@@ -593,9 +687,7 @@ class _Transport:
                 units = min(units, 1)
                 if (tail, head) in used_moves:
                     return 0
-                members = self.members.get(tail)
-                if members is None:
-                    members = self.members[tail] = np.flatnonzero(labels == tail)
+                members = self._members(tail)
                 gain = cost[members, head] - cost[members, tail]
                 best = int(gain.argmin())
                 if not force and gain[best] + prices[tail] - prices[head] > self.tol * 1e3:

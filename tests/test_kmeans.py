@@ -215,6 +215,29 @@ def test_assignment_step_is_optimal_on_many_random_instances():
         assert cost[np.arange(n), labels].sum() <= lp_optimum(cost, size_min, size_max) + 1e-9
 
 
+@pytest.mark.parametrize("n,k,size_min,size_max", [
+    (600, 30, 8, 24),    # one coarse level (300 points) prices the cold start
+    (1100, 50, 10, 30),  # two coarse levels (550, then 275 points)
+    (600, 30, 20, 20),   # equal sizes: the coarse bounds are equal too
+])
+def test_cold_start_from_coarse_prices_is_still_exact(n, k, size_min, size_max):
+    """Large cold solves start from the prices of a half-size problem; the result stays optimal."""
+    from dgn_plugins.kmeans import _COARSE_MIN_POINTS
+    assert n // 2 >= _COARSE_MIN_POINTS  # the coarse path really runs
+    rng = np.random.default_rng(n + k)
+    X = clustered_points(n, 2, rng)
+    centers = X[rng.choice(n, k, replace=False)]  # badly unbalanced, like k-means++ seeds
+    cost = ((X[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    labels, prices = constrained_assignment(cost, size_min, size_max)
+    sizes = sizes_of(labels, k)
+    assert sizes.min() >= size_min and sizes.max() <= size_max
+    assert cost[np.arange(n), labels].sum() == pytest.approx(lp_optimum(cost, size_min, size_max),
+                                                             rel=1e-10, abs=1e-10)
+    reduced = cost - prices
+    assert (reduced[np.arange(n), labels] <= reduced.min(axis=1) + 1e-9).all()
+    assert (sizes[prices > 1e-9] == size_min).all() and (sizes[prices < -1e-9] == size_max).all()
+
+
 @pytest.mark.parametrize("case", range(8))
 def test_no_single_move_or_swap_improves_the_result(case):
     """The exchange refinement leaves no improving Hartigan move or two-point swap."""
@@ -246,10 +269,35 @@ def test_no_single_move_or_swap_improves_the_result(case):
 
 def test_lloyd_is_at_least_as_good_as_its_best_start():
     X = clustered_points(400, 2, np.random.default_rng(6))
-    several = size_constrained_kmeans(X, 25, 8, 24, n_init=4, seed=3)
-    single = [size_constrained_kmeans(X, 25, 8, 24, n_init=1, seed=s).inertia for s in range(2)]
+    several = size_constrained_kmeans(X, 25, 8, 24, n_init=4, seed=3, n_relocations=0)
+    single = [size_constrained_kmeans(X, 25, 8, 24, n_init=1, seed=s, n_relocations=0).inertia
+              for s in range(2)]
     assert several.inertia <= max(single)  # best of four draws from the same seed stream
     assert several.n_iter >= 1
+
+
+def test_relocation_trials_only_improve_and_stay_feasible():
+    X = clustered_points(400, 2, np.random.default_rng(9))
+    plain = size_constrained_kmeans(X, 25, 8, 24, n_init=1, seed=2, n_relocations=0)
+    swapped = size_constrained_kmeans(X, 25, 8, 24, n_init=1, seed=2, n_relocations=15)
+    again = size_constrained_kmeans(X, 25, 8, 24, n_init=1, seed=2, n_relocations=15)
+    np.testing.assert_array_equal(swapped.labels, again.labels)  # deterministic
+    sizes = sizes_of(swapped.labels, 25)
+    assert sizes.min() >= 8 and sizes.max() <= 24
+    assert swapped.inertia <= plain.inertia
+    assert swapped.inertia == pytest.approx(inertia_of(X, swapped.labels, 25), rel=1e-12)
+    # the result is still a Lloyd fixed point: its labels are optimal for its own centres
+    cost = ((X[:, None, :] - swapped.centers[None]) ** 2).sum(axis=2)
+    labels, _ = constrained_assignment(cost, 8, 24)
+    assert cost[np.arange(400), swapped.labels].sum() <= cost[np.arange(400), labels].sum() * (1 + 1e-9)
+
+
+def test_relocation_trials_beat_more_plain_starts():
+    """Moving centres across the data finds what extra Lloyd starts rarely do."""
+    X = clustered_points(512, 2, np.random.default_rng(10))
+    plain = size_constrained_kmeans(X, 32, 8, 24, n_init=6, seed=0, n_relocations=0)
+    swapped = size_constrained_kmeans(X, 32, 8, 24, n_init=1, seed=0, n_relocations=20)
+    assert swapped.inertia < plain.inertia
 
 
 def test_inertia_of_counts_each_cluster_around_its_mean():
@@ -308,7 +356,8 @@ def test_bad_init_labels_are_rejected(init, match):
 
 
 @pytest.mark.parametrize("kwargs", [dict(n_init=0), dict(max_iter=0), dict(tol=-1.0),
-                                    dict(tol=float("nan"))])
+                                    dict(tol=float("nan")), dict(n_relocations=-1),
+                                    dict(n_relocations=1.5)])
 def test_bad_run_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         size_constrained_kmeans(np.zeros((4, 2)), 2, 1, 3, **kwargs)
