@@ -24,6 +24,11 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt
 	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation "mmcv==2.1.0"
 	$(PIP) install -q -r requirements/toolkits.txt -r requirements/tests.txt
 	$(PIP) install -q --no-deps -e .
+	# Resolving packages that depend on torch lets pip upgrade setuptools
+	# (torch asks for >=77), which drops pkg_resources; mmengine imports it to
+	# resolve `mmdet::`/`mmseg::` config inheritance. Pin it back, last.
+	$(PIP) install -q "setuptools<70"
+	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, dgn_plugins"
 	touch $(STAMP)
 
 demo: setup

@@ -1,0 +1,8 @@
+_base_ = './imagenets.py'
+
+subset = 300
+data_root = 'data/ImageNetS/ImageNetS300'
+
+train_dataloader = dict(dataset=dict(subset=subset, data_root=data_root))
+val_dataloader = dict(dataset=dict(subset=subset, data_root=data_root))
+test_dataloader = val_dataloader

@@ -1,0 +1,1 @@
+"""Generated data sets for demos and tests (numpy + PIL, no download)."""
