@@ -1,0 +1,50 @@
+"""Plot how DGN's channel groups evolved during training.
+
+From a sequence of checkpoints (mmengine, Detectron2 or torch.save; any state
+dict holding ``*.group_id`` buffers) or from regroup records (``.jsonl``, one
+``{"step", "group_id": {layer: ids}, "reports": [...]}`` per regroup, as
+tools/demo_core.py keeps them), draw for each chosen layer: the group of every
+channel over training, the group sizes, and the mean intra-group variance of
+the channel means (before/after each regroup from records; per checkpoint,
+computed from ``channel_mean_ema``, from checkpoints).
+
+    python tools/plot_groups.py --checkpoints work_dirs/dgn/iter_*.pth --out groups.png
+    python tools/plot_groups.py --records work_dirs/dgn/dgn_groups.jsonl --layers 'backbone\\.layer4' --out groups.png
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dgn_plugins.plots import (PlotError, plot_timelines, read_records, select_layers,  # noqa: E402
+                               timelines_from_checkpoints, timelines_from_records)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoints", nargs="+", help="checkpoints of one run (ordered by their training step)")
+    source.add_argument("--records", help="regroup records (.jsonl, or JSON with a 'regroups' list)")
+    parser.add_argument("--layers", nargs="+", help="layer names or regular expressions (default: first, middle, last)")
+    parser.add_argument("--out", default="groups.png", help="PNG to write")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    try:
+        if args.checkpoints:
+            everything = timelines_from_checkpoints(args.checkpoints)
+        else:
+            everything = timelines_from_records(read_records(args.records))
+        chosen = select_layers(list(everything), args.layers)
+        plot_timelines([everything[name] for name in chosen], args.out, args.title)
+    except (PlotError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({len(chosen)} layers: {', '.join(chosen)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
