@@ -1,0 +1,162 @@
+"""Train or evaluate a Detectron2 config with DGN: ``tools/train_net.py``'s flags.
+
+    python -m dgn_plugins.detectron2.launcher --config-file configs/detectron2/demo_mask_rcnn_dgn.yaml
+    python -m dgn_plugins.detectron2.launcher --config-file CFG.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    python -m dgn_plugins.detectron2.launcher --config-file CFG.yaml --resume          # continue OUTPUT_DIR
+    python -m dgn_plugins.detectron2.launcher --config-file CFG.yaml --eval-only MODEL.WEIGHTS model.pth
+    python -m dgn_plugins.detectron2.launcher --config-file configs/detectron2/mask_rcnn_R_50_FPN_dgn_lazy.py train.max_iter=10
+
+``.yaml`` configs (yacs, with ``MODEL.DGN`` added) train with
+:class:`DGNTrainer`; LazyConfig ``.py`` files with :func:`.lazy.train`
+(``tools/lazyconfig_train_net.py`` plus ``train.dgn_regroup``). The config
+path may also come first without ``--config-file`` (how ``tools/train.py``
+passes it on), and ``--work-dir`` sets the output folder.
+
+Without CUDA a ``cuda`` device falls back to CPU, and ``--num-gpus N``
+starts N processes that train with DDP over gloo.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+
+from . import lazy
+from .config import add_dgn_config
+from .data import register_datasets_of
+from .trainer import DGNTrainer, ddp_device_kwargs, setup_dgn_logger
+
+__all__ = ["main", "parse_args", "setup_yacs", "setup_lazy"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".py")
+
+
+# ----------------------------------------------------------------- arguments
+def parse_args(argv: Optional[List[str]] = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        argv = ["--config-file"] + argv  # ``launcher CONFIG [flags]``, as tools/train.py is called
+    parser = default_argument_parser()
+    parser.description = "Train or evaluate a Detectron2 config with Dynamic Group Normalization"
+    parser.add_argument("--work-dir", help="output folder (sets OUTPUT_DIR / train.output_dir)")
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error("a config file is required: --config-file CONFIG")
+    return args
+
+
+def is_lazy_config(path: str) -> bool:
+    return path.endswith(".py")
+
+
+def _cuda_or_cpu(device: str, where: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"{where}={device!r} but CUDA is not available: using the CPU.")
+        return "cpu"
+    return device
+
+
+# --------------------------------------------------------------------- yacs
+def setup_yacs(args):
+    """The frozen yacs config of ``args``, with Detectron2's and our logging set up."""
+    cfg = get_cfg()
+    add_dgn_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.work_dir:
+        cfg.OUTPUT_DIR = args.work_dir
+    cfg.MODEL.DEVICE = _cuda_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_dgn_logger(cfg.OUTPUT_DIR)
+    register_datasets_of(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def run_yacs(args):
+    cfg = setup_yacs(args)
+    if args.eval_only:
+        model = DGNTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return DGNTrainer.test(cfg, model)
+    trainer = DGNTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()  # only with TEST.EXPECTED_RESULTS; else the EvalHook's last results:
+    return results if results is not None else getattr(trainer, "_last_eval_results", None)
+
+
+# --------------------------------------------------------------- LazyConfig
+def setup_lazy(args):
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if args.work_dir:
+        cfg.train.output_dir = args.work_dir
+    cfg.train.device = _cuda_or_cpu(cfg.train.device, "train.device")
+    if cfg.train.device == "cpu" and cfg.train.amp.enabled:
+        logger.warning("train.amp.enabled on CPU: AMPTrainer needs CUDA, training in float32.")
+        cfg.train.amp.enabled = False
+    default_setup(cfg, args)
+    setup_dgn_logger(cfg.train.output_dir)
+    register_datasets_of(_lazy_dataset_names(cfg))
+    return cfg
+
+
+def _lazy_dataset_names(cfg) -> List[str]:
+    """``dataloader.{train,test}.dataset.names`` (a name or a list of them), where present."""
+    names: List[str] = []
+    for split in ("train", "test"):
+        loader = cfg.get("dataloader", {}).get(split)
+        dataset = loader.get("dataset") if loader is not None else None
+        value = dataset.get("names") if dataset is not None and hasattr(dataset, "get") else None
+        if isinstance(value, str):
+            names.append(value)
+        elif value is not None:
+            names.extend(str(name) for name in value)
+    return names
+
+
+def run_lazy(args):
+    cfg = setup_lazy(args)
+    if args.eval_only:
+        model = lazy.build_model(cfg)
+        model = create_ddp_model(model, **ddp_device_kwargs(model))
+        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return lazy.test(cfg, model)
+    return lazy.train(cfg, resume=args.resume)
+
+
+# ---------------------------------------------------------------- entry
+def _worker(args):
+    """One process's work (every rank runs it after ``launch`` set up the process group)."""
+    results = run_lazy(args) if is_lazy_config(args.config_file) else run_yacs(args)
+    comm.synchronize()
+    return results
+
+
+def main(argv: Optional[List[str]] = None):
+    """Run ``argv`` (``sys.argv[1:]`` when None); returns the evaluation results of a single process."""
+    args = parse_args(argv)
+    if args.num_gpus * args.num_machines == 1:
+        return _worker(args)
+    launch(
+        _worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""DGN in LazyConfigs: the shipped example, the norm factory in every slot, train.dgn_regroup."""
+import textwrap
+
+import pytest
+
+# "detectron2.config", not "detectron2": with tests/ on sys.path this folder
+# would pass for a (namespace) package named detectron2.
+pytest.importorskip("detectron2.config", reason="Detectron2 is not installed (built from source: see docs/detectron2.md)")
+
+import torch  # noqa: E402
+from d2_support import config_path, detectron2_configs_dir, dgn_modules  # noqa: E402
+from detectron2.config import LazyCall as L  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch import nn  # noqa: E402
+
+from dgn_plugins import DynamicGroupNorm  # noqa: E402
+from dgn_plugins.detectron2 import DGNNorm, DGNRegroupHook, launcher  # noqa: E402
+from dgn_plugins.detectron2.lazy import regroup_hook_from_lazy  # noqa: E402
+
+EXAMPLE = config_path("mask_rcnn_R_50_FPN_dgn_lazy.py")
+NORM_SLOTS = (
+    "model.backbone.bottom_up.stem.norm",
+    "model.backbone.bottom_up.stages.norm",
+    "model.backbone.norm",
+    "model.roi_heads.box_head.conv_norm",
+    "model.roi_heads.mask_head.conv_norm",
+)
+
+
+@pytest.fixture(scope="module")
+def example():
+    detectron2_configs_dir()  # skips when the model zoo's configs are not installed
+    return LazyConfig.load(EXAMPLE)
+
+
+def test_example_puts_dgn_in_every_norm_slot_and_asks_for_the_hook(example, tmp_path):
+    for slot in NORM_SLOTS:
+        assert isinstance(instantiate(OmegaConf.select(example, slot)), DGNNorm), slot
+    hook = regroup_hook_from_lazy(example)
+    assert isinstance(hook, DGNRegroupHook) and hook.schedule.interval == 1000
+    LazyConfig.save(example, str(tmp_path / "config.yaml"))
+    assert not (tmp_path / "config.yaml.pkl").exists()  # plain YAML, no cloudpickle fallback
+    reloaded = LazyConfig.load(str(tmp_path / "config.yaml"))
+    assert isinstance(instantiate(reloaded.model.backbone.norm), DGNNorm)
+
+
+def test_example_model_has_dgn_everywhere_the_baseline_had_a_norm(example):
+    model = instantiate(example.model)
+    norm_types = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, norm_types)}
+    assert norms and all(isinstance(m, DynamicGroupNorm) for m in norms.values())
+    names = list(norms)
+    for part in ("bottom_up.stem", "bottom_up.res2", "bottom_up.res5", "fpn_lateral2", "fpn_output5",
+                 "box_head.conv4", "mask_head.mask_fcn4"):
+        assert any(part in name for name in names), part
+
+
+def test_regroup_entry_forms():
+    def cfg(entry):
+        return OmegaConf.create({"train": {"dgn_regroup": entry}}, flags={"allow_objects": True})
+
+    assert regroup_hook_from_lazy(OmegaConf.create({"train": {}})) is None
+    assert regroup_hook_from_lazy(cfg(None)) is None
+    assert regroup_hook_from_lazy(cfg({"interval": 0})) is None
+    hook = regroup_hook_from_lazy(cfg({"interval": 5, "start": 10, "stop": 50}))
+    assert (hook.schedule.interval, hook.schedule.start, hook.schedule.stop) == (5, 10, 50)
+    assert regroup_hook_from_lazy(cfg(L(DGNRegroupHook)(interval=7))).schedule.interval == 7
+    with pytest.raises(TypeError):
+        regroup_hook_from_lazy(cfg(L(DGNNorm)(num_groups=4)))
+
+
+TINY_LAZY = """
+import detectron2.data.transforms as T
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from dgn_plugins.detectron2 import DGNNorm
+
+model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
+dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+optimizer = model_zoo.get_config("common/optim.py").SGD
+train = model_zoo.get_config("common/train.py").train
+lr_multiplier = model_zoo.get_config("common/coco_schedule.py").lr_multiplier_1x
+
+_dgn = L(DGNNorm)(num_groups=32)
+model.backbone.bottom_up.freeze_at = 0
+model.backbone.bottom_up.stem.norm = model.backbone.bottom_up.stages.norm = _dgn
+model.backbone.norm = model.roi_heads.box_head.conv_norm = model.roi_heads.mask_head.conv_norm = _dgn
+model.backbone.bottom_up.stages.depth = 18
+del model.backbone.bottom_up.stages.stride_in_1x1  # a BottleneckBlock argument
+model.backbone.out_channels = 64
+model.proposal_generator.head.in_channels = 64
+model.roi_heads.num_classes = 3
+model.roi_heads.box_head.input_shape.channels = 64
+model.roi_heads.box_head.conv_dims = [64, 64]
+model.roi_heads.box_head.fc_dims = [128]
+model.roi_heads.box_predictor.input_shape.channels = 128
+model.roi_heads.mask_head.input_shape.channels = 64
+model.roi_heads.mask_head.conv_dims = [64, 64]
+
+dataloader.train.dataset.names = "dgn_synthetic_coco_train"
+dataloader.test.dataset.names = "dgn_synthetic_coco_val"
+dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
+dataloader.train.total_batch_size = 2
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
+
+train.max_iter = 2
+train.eval_period = 0
+train.checkpointer.period = 100
+train.dgn_regroup = dict(interval=1)
+"""
+
+
+def test_lazy_config_trains_and_evaluates_through_the_launcher(synthetic_coco_root, tmp_path):
+    detectron2_configs_dir()
+    path = tmp_path / "tiny_dgn_lazy.py"
+    path.write_text(textwrap.dedent(TINY_LAZY))
+    output_dir = tmp_path / "out"
+    results = launcher.main([str(path), "--work-dir", str(output_dir)])  # train.device cuda -> cpu
+    assert set(results) >= {"bbox", "segm"}  # dataloader.evaluator (COCOEvaluator) ran after training
+    final = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["trainer"]["hooks"]["DGNRegroupHook"]["schedule"]["last_regroup_step"] == 2
+    regroups = {int(v) for k, v in final["model"].items() if k.endswith("num_regroups")}
+    assert regroups == {2}
+    assert (output_dir / "config.yaml").exists()
+
+    model = instantiate(LazyConfig.load(str(output_dir / "config.yaml")).model)
+    assert len(dgn_modules(model)) == sum(k.endswith("num_regroups") for k in final["model"])
