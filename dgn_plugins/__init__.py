@@ -5,6 +5,7 @@ numpy and scipy. Importing it registers ``DGN`` with MMEngine when MMEngine is
 installed, so ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
 from .convert import convert_gn_to_dgn
+from .freeze import FrozenDynamicGroupNorm, freeze
 from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
 from .layer import DynamicGroupNorm
 from .layout import GroupBounds, GroupLayout, default_group_ids, group_bounds
@@ -18,6 +19,8 @@ __all__ = [
     "dynamic_group_norm",
     "dynamic_group_norm_with_stats",
     "convert_gn_to_dgn",
+    "freeze",
+    "FrozenDynamicGroupNorm",
     "regroup_model",
     "dgn_layers",
     "is_trainable",

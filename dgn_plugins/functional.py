@@ -11,6 +11,13 @@ reciprocal standard deviation for backward.
 
 Statistics are computed in float32 for float16/bfloat16 inputs (float64 for
 float64) and the output has the input's dtype.
+
+The functions below dispatch to a fused fast path when one applies
+(:mod:`dgn_plugins.kernels`: Triton on CUDA, ``torch.compile`` on large CPU
+inputs; ``DGN_BACKEND=auto|torch|compile|triton`` chooses) with the same
+outputs and gradients; the plain ops here stay the reference.
+``group_norm_by_assignment`` is the export formulation: standard operators
+only, for TorchScript, tracing, ``torch.export`` and ONNX.
 """
 from __future__ import annotations
 
@@ -20,7 +27,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["dynamic_group_norm", "dynamic_group_norm_with_stats", "compute_dtype"]
+from .kernels import select_backend
+from .layout import GroupLayout
+
+__all__ = [
+    "dynamic_group_norm",
+    "dynamic_group_norm_with_stats",
+    "compute_dtype",
+    "assignment_matrix",
+    "group_norm_by_assignment",
+]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,9 +107,19 @@ class _DynamicGroupNormFunction(torch.autograd.Function):
         spatial = tuple(range(2, x.dim()))
         ndim = x.dim()
 
-        # Per-channel statistics: torch's var_mean is a stable one-pass
-        # (Welford-style) reduction, unlike sum / sum-of-squares.
-        if xs.numel():
+        centered = None
+        if xs.numel() and xs.is_contiguous():
+            # Two-pass per-channel statistics, both passes vectorised: the mean
+            # (cascade sum), then the root-mean-square of the centred input,
+            # which is written into what becomes the output (no temporary).
+            channel_mean = xs.mean(dim=spatial, dtype=torch.float64).to(stats_dtype)
+            centered = torch.sub(xs, _per_channel(channel_mean, ndim), out=xs if xs is not x else None)
+            elements = centered[0, 0].numel()
+            channel_rms = torch.linalg.vector_norm(centered, 2, dim=spatial) / elements**0.5
+            channel_var = channel_rms * channel_rms
+        elif xs.numel():
+            # Other memory layouts: torch's var_mean, a stable one-pass
+            # (Welford-style) reduction, unlike sum / sum-of-squares.
             channel_var, channel_mean = torch.var_mean(xs, dim=spatial, correction=0)
         else:  # N = 0 (no RoIs): nothing to normalise, no statistics
             channel_mean = xs.new_zeros(x.shape[:2])
@@ -107,7 +133,7 @@ class _DynamicGroupNormFunction(torch.autograd.Function):
         if weight is not None:
             scale = scale * weight.double()
         offset = group_mean[:, group_id]
-        pivot = _needs_pivot(x, channel_mean, group_rstd, group_id)
+        pivot = centered is not None or _needs_pivot(x, channel_mean, group_rstd, group_id)
         if pivot:  # y = (x - m_c) * scale + shift'
             offset = offset - channel_mean.double()
         shift = -offset * scale
@@ -116,8 +142,9 @@ class _DynamicGroupNormFunction(torch.autograd.Function):
         scale = _per_channel(scale.to(stats_dtype), ndim)
         shift = _per_channel(shift.to(stats_dtype), ndim)
         if pivot:
-            y = torch.sub(xs, _per_channel(channel_mean, ndim), out=xs if xs is not x else None)
-            y = torch.addcmul(shift, y, scale, out=y)
+            if centered is None:
+                centered = torch.sub(xs, _per_channel(channel_mean, ndim), out=xs if xs is not x else None)
+            y = torch.addcmul(shift, centered, scale, out=centered)
         else:
             y = torch.addcmul(shift, xs, scale)
         if y.dtype != x.dtype:
@@ -202,13 +229,17 @@ def dynamic_group_norm_with_stats(
     bias: Optional[Tensor] = None,
     eps: float = 1e-5,
     group_count: Optional[Tensor] = None,
+    *,
+    layout: Optional[GroupLayout] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Normalize ``x`` (N, C, *) over groups given by ``group_id`` ([C]).
 
     Returns ``(y, channel_mean, channel_var)``: the per-sample, per-channel
     statistics ([N, C], biased variance) come for free from the forward and
     feed DGN's running channel statistics. ``group_count`` ([K], floating) may
-    be passed to avoid recounting group sizes on every call.
+    be passed to avoid recounting group sizes on every call, and ``layout``
+    (the same grouping as a :class:`GroupLayout`) to spare the Triton path
+    sorting the channels by group on every call.
     """
     _check_input(x, group_id)
     group_id = group_id.long()
@@ -218,9 +249,19 @@ def dynamic_group_norm_with_stats(
     squeeze = x.dim() == 2
     if squeeze:  # (N, C): each channel is one element
         x = x.unsqueeze(-1)
-    y, channel_mean, channel_var = _DynamicGroupNormFunction.apply(
-        x, weight, bias, group_id, group_count, num_groups, eps
-    )
+    backend = select_backend(x)
+    if backend == "triton":
+        from .kernels.triton_dgn import dynamic_group_norm_triton
+
+        if layout is None or layout.offsets.device != x.device:
+            layout = GroupLayout.from_group_ids(group_id.to(x.device), num_groups)
+        y, channel_mean, channel_var = dynamic_group_norm_triton(x, layout, weight, bias, eps)
+    else:
+        if backend == "compile":
+            from .kernels.cpu_compiled import CompiledDynamicGroupNormFunction as function
+        else:
+            function = _DynamicGroupNormFunction
+        y, channel_mean, channel_var = function.apply(x, weight, bias, group_id, group_count, num_groups, eps)
     if squeeze:
         y = y.squeeze(-1)
     return y, channel_mean, channel_var
@@ -234,6 +275,48 @@ def dynamic_group_norm(
     bias: Optional[Tensor] = None,
     eps: float = 1e-5,
     group_count: Optional[Tensor] = None,
+    *,
+    layout: Optional[GroupLayout] = None,
 ) -> Tensor:
     """Group normalization where group ``k`` is ``{c : group_id[c] == k}``."""
-    return dynamic_group_norm_with_stats(x, group_id, num_groups, weight, bias, eps, group_count)[0]
+    return dynamic_group_norm_with_stats(x, group_id, num_groups, weight, bias, eps, group_count, layout=layout)[0]
+
+
+def assignment_matrix(group_id: Tensor, num_groups: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One-hot [C, K] matrix: entry (c, k) is 1 where channel c belongs to group k."""
+    return torch.nn.functional.one_hot(group_id.long(), num_groups).to(dtype)
+
+
+def group_norm_by_assignment(
+    x: Tensor, assignment: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+) -> Tensor:
+    """The same normalization in standard operators only, for export and inference.
+
+    Per-channel mean and variance (two passes: no cancellation), combined per
+    group by a matrix product with the one-hot ``assignment`` ([C, K]),
+    broadcast back by its transpose, then one per-channel affine. It exports
+    to ONNX as ReduceMean / MatMul / elementwise ops, and scripts and traces.
+    No backward of its own (autograd differentiates it) and no running
+    statistics.
+    """
+    ndim = x.dim()
+    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xs = x.to(stats_dtype)
+    flat = xs.flatten(2) if ndim > 2 else xs.unsqueeze(2)
+    channel_mean = flat.mean(dim=2)
+    centered = flat - channel_mean.unsqueeze(2)
+    channel_var = (centered * centered).mean(dim=2)
+    assignment = assignment.to(stats_dtype)
+    group_count = assignment.sum(dim=0)
+    group_mean = channel_mean.matmul(assignment) / group_count
+    mean_c = group_mean.matmul(assignment.t())
+    spread = channel_mean - mean_c
+    group_var = (channel_var + spread * spread).matmul(assignment) / group_count
+    scale = torch.rsqrt(group_var + eps).matmul(assignment.t())
+    if weight is not None:
+        scale = scale * weight.to(stats_dtype)
+    shape = [x.shape[0], x.shape[1]] + [1] * (ndim - 2)
+    y = (xs - mean_c.reshape(shape)) * scale.reshape(shape)
+    if bias is not None:
+        y = y + bias.to(stats_dtype).reshape([1, x.shape[1]] + [1] * (ndim - 2))
+    return y.to(x.dtype)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .functional import dynamic_group_norm_with_stats
+from .functional import assignment_matrix, dynamic_group_norm_with_stats, group_norm_by_assignment
 from .layout import GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds, resolve_num_groups
 from .regroup import RegroupReport, plan_regroup, standardize
 
@@ -53,6 +53,7 @@ class DynamicGroupNorm(nn.GroupNorm):
     """
 
     _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
+    __jit_unused_properties__ = ["layout"]  # TorchScript scripts the forward only
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         track_channel_stats: bool = True,
         cluster_features: Sequence[str] = ("mean", "var"),
         seed: int = 0,
-        n_init: int = 10,
+        n_init: int = 3,
         max_iter: int = 300,
         device=None,
         dtype=None,
@@ -104,16 +105,33 @@ class DynamicGroupNorm(nn.GroupNorm):
         self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
         # Derived from group_id; recomputed whenever the grouping changes.
         self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
+        # Channels sorted by group for the fused kernels, cached per grouping.
+        self._layout_cache = None
+        self._layout_key = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._export_forward(input)
+        return self._python_forward(input)
+
+    def _export_forward(self, input: Tensor) -> Tensor:
+        """Standard operators only: what TorchScript, tracing and ``torch.export`` see (no statistics update)."""
+        assignment = assignment_matrix(self.group_id, self.num_groups)
+        return group_norm_by_assignment(input, assignment, self.weight, self.bias, self.eps)
+
+    @torch.jit.unused
+    def _python_forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return self._export_forward(input)
         if input.dim() < 2 or input.shape[1] != self.num_channels:
             raise ValueError(
                 f"{type(self).__name__}({self.num_channels}) expects input of shape (N, {self.num_channels}, *), "
                 f"got {tuple(input.shape)}"
             )
         output, channel_mean, channel_var = dynamic_group_norm_with_stats(
-            input, self.group_id, self.num_groups, self.weight, self.bias, self.eps, self.group_count
+            input, self.group_id, self.num_groups, self.weight, self.bias, self.eps, self.group_count,
+            layout=None if torch.compiler.is_compiling() else self._cached_layout(),
         )
         if self.training and self.track_channel_stats and input.shape[0] > 0:
             self._update_channel_stats(channel_mean, channel_var)
@@ -141,6 +159,17 @@ class DynamicGroupNorm(nn.GroupNorm):
         """The grouping as sizes / offsets / channels sorted by group."""
         return GroupLayout.from_group_ids(self.group_id, self.num_groups)
 
+    def _cached_layout(self) -> GroupLayout:
+        """``layout``, rebuilt only when ``group_id`` changed (regroup, load, device move, in-place write)."""
+        key = (self.group_id.device, self.group_id.data_ptr(), self.group_id._version)
+        if self._layout_key != key:
+            self._layout_cache = GroupLayout.from_group_ids(self.group_id, self.num_groups)
+            self._layout_key = key
+        return self._layout_cache
+
+    def _invalidate_layout(self) -> None:
+        self._layout_cache, self._layout_key = None, None
+
     def reset_grouping(self) -> None:
         """Back to GN's contiguous grouping."""
         self.set_group_ids(default_group_ids(self.num_channels, self.num_groups))
@@ -154,6 +183,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         group_count = torch.bincount(group_id, minlength=self.num_groups)
         self.group_id.copy_(group_id)
         self.group_count.copy_(group_count)
+        self._invalidate_layout()
 
     def cluster_feature_matrix(self) -> np.ndarray:
         """Standardised [C, d] k-means features from the running statistics."""
@@ -237,6 +267,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         with torch.no_grad():
             self.group_count.copy_(torch.bincount(self.group_id.long(), minlength=self.num_groups))
+        self._invalidate_layout()
 
     def extra_repr(self) -> str:
         return (

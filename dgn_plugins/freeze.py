@@ -1,0 +1,123 @@
+"""Inference conversion, in the manner of detectron2's ``FrozenBatchNorm2d.convert_frozen_batchnorm``.
+
+A trained DGN layer no longer needs its training machinery (running channel
+statistics, regrouping, bounds). ``freeze`` swaps each one for the cheapest
+module with the same output:
+
+- a plain ``nn.GroupNorm`` when the grouping is GN's (aligned contiguous
+  blocks of equal size, whatever the group labels): deployment then needs
+  nothing from this package;
+- otherwise a ``FrozenDynamicGroupNorm``: a fixed grouping, the fast paths in
+  eager mode, and standard operators under TorchScript, tracing,
+  ``torch.export`` and ONNX export.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+
+from .functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
+from .layer import DynamicGroupNorm
+from .layout import GroupLayout
+
+__all__ = ["FrozenDynamicGroupNorm", "freeze"]
+
+
+class FrozenDynamicGroupNorm(nn.Module):
+    """Group normalization over a fixed, arbitrary grouping; no statistics, no regrouping.
+
+    ``weight`` and ``bias`` stay parameters (state-dict keys as in GN); the
+    grouping is the ``group_id`` buffer. The one-hot ``assignment`` [C, K]
+    used for export is derived from it.
+    """
+
+    def __init__(self, group_id: Tensor, num_groups: int, eps: float = 1e-5, affine: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        group_id = torch.as_tensor(group_id).to(device=device, dtype=torch.long)
+        self.num_channels = int(group_id.numel())
+        self.num_groups = int(num_groups)
+        self.eps = float(eps)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(self.num_channels, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("group_id", group_id)
+        self.register_buffer("group_count", torch.bincount(group_id, minlength=self.num_groups), persistent=False)
+        self.register_buffer("assignment", assignment_matrix(group_id, self.num_groups), persistent=False)
+        self._layout = None  # GroupLayout for the fused kernels, built on first use
+
+    @classmethod
+    def from_layer(cls, layer: DynamicGroupNorm) -> "FrozenDynamicGroupNorm":
+        reference = layer.weight if layer.affine else layer.group_id
+        frozen = cls(layer.group_id.detach().clone(), layer.num_groups, layer.eps, layer.affine,
+                     device=layer.group_id.device, dtype=reference.dtype if layer.affine else None)
+        if layer.affine:
+            with torch.no_grad():
+                frozen.weight.copy_(layer.weight)
+                frozen.bias.copy_(layer.bias)
+            frozen.weight.requires_grad_(layer.weight.requires_grad)
+            frozen.bias.requires_grad_(layer.bias.requires_grad)
+        return frozen.train(layer.training)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return group_norm_by_assignment(input, self.assignment, self.weight, self.bias, self.eps)
+        return self._python_forward(input)
+
+    @torch.jit.unused
+    def _python_forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return group_norm_by_assignment(input, self.assignment, self.weight, self.bias, self.eps)
+        if self._layout is None or self._layout.group_id.device != self.group_id.device:
+            self._layout = GroupLayout.from_group_ids(self.group_id, self.num_groups)
+        return dynamic_group_norm(input, self.group_id, self.num_groups, self.weight, self.bias, self.eps,
+                                  self.group_count, layout=self._layout)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        with torch.no_grad():  # derived buffers follow a loaded grouping
+            self.group_count = torch.bincount(self.group_id, minlength=self.num_groups)
+            self.assignment = assignment_matrix(self.group_id, self.num_groups)
+        self._layout = None
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, grouping=fixed"
+
+
+def _group_norm_from(layer: DynamicGroupNorm) -> nn.GroupNorm:
+    reference = layer.weight if layer.affine else None
+    norm = nn.GroupNorm(layer.num_groups, layer.num_channels, layer.eps, layer.affine,
+                        device=layer.group_id.device, dtype=reference.dtype if reference is not None else None)
+    if layer.affine:
+        with torch.no_grad():
+            norm.weight.copy_(layer.weight)
+            norm.bias.copy_(layer.bias)
+        norm.weight.requires_grad_(layer.weight.requires_grad)
+        norm.bias.requires_grad_(layer.bias.requires_grad)
+    return norm.train(layer.training)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Return ``module`` with every ``DynamicGroupNorm`` replaced for inference.
+
+    Recursive and in place on children; if ``module`` itself is a DGN layer
+    the replacement is returned. Grouping GN's -> ``nn.GroupNorm``; any other
+    grouping -> ``FrozenDynamicGroupNorm``. Outputs are unchanged (up to float
+    rounding); weights, device, dtype, mode and ``requires_grad`` carry over.
+    """
+    if isinstance(module, DynamicGroupNorm):
+        if module.layout.is_contiguous_equal():
+            return _group_norm_from(module)
+        return FrozenDynamicGroupNorm.from_layer(module)
+    for name, child in module.named_children():
+        frozen = freeze(child)
+        if frozen is not child:
+            module.add_module(name, frozen)
+    return module
