@@ -1,0 +1,15 @@
+# Mask R-CNN R101-FPN, DGN everywhere GN was (backbone incl. downsample, FPN,
+# Shared4Conv1FC box head, FCN mask head), 3x schedule. The DGN twin of mmdet's
+# gn/mask-rcnn_r101_fpn_gn-all_3x_coco.py: only the norm type and the
+# regroup hook differ. The GN-pretrained backbone loads unchanged (same keys).
+_base_ = 'mmdet::gn/mask-rcnn_r101_fpn_gn-all_3x_coco.py'
+custom_imports = dict(imports=['dgn_plugins'], allow_failed_imports=False)
+
+norm_cfg = dict(type='DGN', num_groups=32, requires_grad=True)
+model = dict(
+    backbone=dict(norm_cfg=norm_cfg),
+    neck=dict(norm_cfg=norm_cfg),
+    roi_head=dict(
+        bbox_head=dict(norm_cfg=norm_cfg), mask_head=dict(norm_cfg=norm_cfg)))
+
+custom_hooks = [dict(type='DGNRegroupHook', interval=1000)]

@@ -1,0 +1,74 @@
+"""Let MMEngine 0.10.7 read its own checkpoints on torch >= 2.6.
+
+torch 2.6 made ``torch.load`` default to ``weights_only=True``; MMEngine
+0.10.7 calls ``torch.load(filename, map_location=...)`` without the argument,
+so ``--resume`` (and ``load_from`` of a full training checkpoint) fails with
+``UnpicklingError: Unsupported global: mmengine.logging.history_buffer.HistoryBuffer``.
+Instead of turning the safety off, we allow-list exactly what MMEngine writes
+into a checkpoint besides tensors:
+
+- the message hub's ``HistoryBuffer`` and the numpy arrays/scalars inside it;
+- the statistics methods ``HistoryBuffer.__getstate__`` adds to its state,
+  which pickle writes as ``getattr(HistoryBuffer, 'mean')``. ``getattr`` itself
+  is not allowed: a stand-in that resolves only those methods is, under
+  ``getattr``'s name;
+- ``collections.Counter``, the ``milestones`` of ``MultiStepLR``.
+
+Applied when ``dgn_plugins`` is imported (with MMEngine installed).
+"""
+from __future__ import annotations
+
+import collections
+from typing import List
+
+import numpy as np
+import torch
+
+__all__ = ["history_buffer_method", "mmengine_checkpoint_globals", "allow_mmengine_checkpoint_types"]
+
+_HISTORY_BUFFER_STATISTICS = ("min", "max", "current", "mean")
+
+
+def history_buffer_method(owner, name: str):
+    """``getattr`` as a checkpoint may use it: ``HistoryBuffer``'s statistics methods only."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if owner is HistoryBuffer and isinstance(name, str):
+        registered = set(_HISTORY_BUFFER_STATISTICS) | set(HistoryBuffer._statistics_methods)
+        method = getattr(HistoryBuffer, name, None) if name in registered else None
+        if callable(method):
+            return method
+    raise AttributeError(
+        f"weights-only checkpoint loading resolves only HistoryBuffer statistics methods, not {owner!r}.{name}"
+    )
+
+
+def _numpy_globals() -> List:
+    """What pickling a numpy array or scalar references, for this numpy."""
+    try:  # numpy >= 2 pickles through numpy._core
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def mmengine_checkpoint_globals() -> List:
+    """Every global an MMEngine training checkpoint references (torch's own aside)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    return [
+        HistoryBuffer,
+        (history_buffer_method, "builtins.getattr"),
+        collections.Counter,
+        *_numpy_globals(),
+    ]
+
+
+def allow_mmengine_checkpoint_types() -> bool:
+    """Allow-list them for ``torch.load(weights_only=True)``; False on old torch."""
+    add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
+    if add_safe_globals is None:  # torch < 2.4 does not load weights-only by default
+        return False
+    add_safe_globals(mmengine_checkpoint_globals())
+    return True

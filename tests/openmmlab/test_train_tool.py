@@ -1,0 +1,79 @@
+"""tools/train.py: the toolkits' flags, toolkit detection, the Detectron2
+dispatch point, and the unknown-norm check before anything is built."""
+import os
+
+import pytest
+from mmdet_helpers import DEMO_DGN, DEMO_GN, import_train_tool
+
+pytest.importorskip("mmdet", reason="mmdet is not installed")
+
+from mmengine.config import Config  # noqa: E402
+
+from dgn_plugins.openmmlab import UnknownNormTypeError  # noqa: E402
+
+train = import_train_tool()
+
+
+def test_flags_match_the_toolkits_train_py(tmp_path):
+    args = train.parse_args([DEMO_GN, "--local-rank", "1", "--resume", "--amp", "--launcher", "pytorch"])
+    assert (args.local_rank, args.resume, args.amp, args.launcher) == (1, "auto", True, "pytorch")
+    assert train.parse_args([DEMO_GN, "--local_rank", "3"]).local_rank == 3
+
+    cfg = train.load_config(train.parse_args([DEMO_GN, "--resume"]))
+    assert cfg.resume is True and cfg.load_from is None  # latest checkpoint in work_dir
+    assert cfg.work_dir == os.path.join("./work_dirs", "mask-rcnn_tiny_gn_demo")
+    cfg = train.load_config(
+        train.parse_args([
+            DEMO_GN, "--resume", "ckpt.pth", "--amp", "--work-dir", str(tmp_path),
+            "--cfg-options", "train_cfg.max_epochs=3", "model.backbone.depth=34",
+        ])
+    )  # fmt: skip
+    assert cfg.resume is True and cfg.load_from == "ckpt.pth" and cfg.work_dir == str(tmp_path)
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.loss_scale == "dynamic"
+    assert cfg.train_cfg.max_epochs == 3 and cfg.model.backbone.depth == 34
+
+
+def test_toolkit_detection():
+    assert train.toolkit_of(Config.fromfile(DEMO_DGN)) == "mmdet"
+    pytest.importorskip("mmseg", reason="mmseg is not installed")
+    assert train.toolkit_of(Config(dict(default_scope="mmseg", model=dict(type="EncoderDecoder")))) == "mmseg"
+    assert train.toolkit_of(Config(dict(model=dict(type="EncoderDecoder")))) == "mmseg"  # no default_scope
+    assert train.toolkit_of(Config(dict(model=dict(type="MaskRCNN")))) == "mmdet"
+    with pytest.raises(SystemExit, match="default_scope"):
+        train.toolkit_of(Config(dict(model=dict(type="NoSuchModel"))))
+
+
+def test_detectron2_configs_are_dispatched_to_the_detectron2_launcher(tmp_path):
+    yaml = tmp_path / "mask_rcnn_R_50_FPN_3x.yaml"
+    yaml.write_text("MODEL:\n  RESNETS:\n    NORM: GN\n")
+    lazy = tmp_path / "mask_rcnn_lazy.py"
+    lazy.write_text("from detectron2.config import LazyCall as L\nmodel = L(dict)()\n")
+    assert train.detectron2_argv([str(yaml), "--num-gpus", "1"]) == [str(yaml), "--num-gpus", "1"]
+    assert train.detectron2_argv(["--config-file", str(lazy), "--eval-only"])
+    assert train.detectron2_argv([str(lazy)])
+    assert not train.detectron2_argv([DEMO_DGN, "--work-dir", str(tmp_path)])
+    assert not train.is_detectron2_config(DEMO_DGN)
+    try:
+        import dgn_plugins.detectron2  # noqa: F401
+    except ImportError:
+        for config in (yaml, lazy):
+            with pytest.raises(SystemExit, match="Detectron2 is not importable.*docs/detectron2.md"):
+                train.main([str(config)])
+
+
+def test_unknown_norm_type_stops_before_building(tmp_path):
+    argv = [DEMO_DGN, "--work-dir", str(tmp_path), "--cfg-options", "model.neck.norm_cfg.type=DNG"]
+    with pytest.raises(UnknownNormTypeError, match=r"'DNG' in model\.neck\.norm_cfg.*Did you mean 'DGN'"):
+        train.main(argv)
+    assert not os.listdir(tmp_path)  # no runner, no logs
+
+
+def test_other_launchers_on_cpu_say_what_to_use():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU path applies without CUDA only")
+    cfg = train.load_config(train.parse_args([DEMO_DGN, "--launcher", "slurm"]))
+    with pytest.raises(SystemExit, match="torchrun"):
+        train.setup_cpu_distributed(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == "gloo"
