@@ -16,12 +16,12 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from .staging import ensure, write_atomically
 
 __all__ = ["CLASSES", "METAINFO", "SyntheticCocoSpec", "generate_synthetic_coco", "ensure_synthetic_coco", "annotation_path"]
 
@@ -31,7 +31,6 @@ PALETTE = [(220, 20, 60), (0, 128, 255), (60, 180, 75)]
 METAINFO = dict(classes=CLASSES, palette=PALETTE)
 
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
-_SPEC_FILE = "spec.json"
 
 
 @dataclass(frozen=True)
@@ -151,46 +150,18 @@ def _write_split(spec: SyntheticCocoSpec, split: str, root: str) -> None:
 def generate_synthetic_coco(root: str, spec: Optional[SyntheticCocoSpec] = None) -> str:
     """Write the data set to ``root`` (replacing it) and return ``root``."""
     spec = spec or SyntheticCocoSpec()
-    root = os.path.abspath(root)
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".synthetic_coco-", dir=parent)
-    try:
+
+    def write(staging: str) -> None:
         for split in ("train", "val"):
             _write_split(spec, split, staging)
-        with open(os.path.join(staging, _SPEC_FILE), "w") as f:
-            json.dump(asdict(spec), f, indent=1)
-        if _existing_spec(root) == asdict(spec):  # a concurrent writer finished first
-            shutil.rmtree(staging)
-            return root
-        if os.path.exists(root):
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
 
-
-def _existing_spec(root: str) -> Optional[dict]:
-    try:
-        with open(os.path.join(root, _SPEC_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return write_atomically(root, asdict(spec), write, prefix=".synthetic_coco-")
 
 
 def ensure_synthetic_coco(root: str, spec: Optional[SyntheticCocoSpec] = None) -> str:
     """Generate the data set at ``root`` unless the same spec is already there."""
     spec = spec or SyntheticCocoSpec()
-    if _existing_spec(root) == asdict(spec):
-        return os.path.abspath(root)
-    try:
-        return generate_synthetic_coco(root, spec)
-    except OSError:
-        if _existing_spec(root) == asdict(spec):  # another process won the race
-            return os.path.abspath(root)
-        raise
+    return ensure(root, asdict(spec), lambda: generate_synthetic_coco(root, spec))
 
 
 def main(argv=None) -> None:

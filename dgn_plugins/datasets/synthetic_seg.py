@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+
+from .staging import ensure, write_atomically
 
 __all__ = ["CLASSES", "IGNORE_ID", "SPLITS", "SyntheticSegSpec", "generate_synthetic_seg", "ensure_synthetic_seg"]
 
@@ -44,7 +43,6 @@ IGNORE_ID = 1000
 SPLITS = {"train-semi": "train-semi-segmentation", "validation": "validation-segmentation"}
 
 _SPLIT_OFFSET = {"train-semi": 0, "validation": 1_000_003}
-_SPEC_FILE = "spec.json"
 
 
 @dataclass(frozen=True)
@@ -175,33 +173,12 @@ def _write_split(spec: SyntheticSegSpec, split: str, root: str) -> None:
 def generate_synthetic_seg(root: str, spec: Optional[SyntheticSegSpec] = None) -> str:
     """Write the data set to ``root`` (replacing it) and return ``root``."""
     spec = spec or SyntheticSegSpec()
-    root = os.path.abspath(root)
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".synthetic_seg-", dir=parent)
-    try:
+
+    def write(staging: str) -> None:
         for split in SPLITS:
             _write_split(spec, split, staging)
-        with open(os.path.join(staging, _SPEC_FILE), "w") as f:
-            json.dump(asdict(spec), f, indent=1)
-        if _existing_spec(root) == asdict(spec):  # a concurrent writer finished first
-            shutil.rmtree(staging)
-            return root
-        if os.path.exists(root):
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
 
-
-def _existing_spec(root: str) -> Optional[dict]:
-    try:
-        with open(os.path.join(root, _SPEC_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return write_atomically(root, asdict(spec), write, prefix=".synthetic_seg-")
 
 
 def ensure_synthetic_seg(root: str, spec: Optional[SyntheticSegSpec] = None) -> str:
@@ -211,17 +188,7 @@ def ensure_synthetic_seg(root: str, spec: Optional[SyntheticSegSpec] = None) -> 
     someone's data, not ours to replace.
     """
     spec = spec or SyntheticSegSpec()
-    existing = _existing_spec(root)
-    if existing == asdict(spec):
-        return os.path.abspath(root)
-    if existing is None and os.path.exists(root):
-        raise FileExistsError(f"{root} exists and was not written by {__name__}; refusing to replace it")
-    try:
-        return generate_synthetic_seg(root, spec)
-    except OSError:
-        if _existing_spec(root) == asdict(spec):  # another process won the race
-            return os.path.abspath(root)
-        raise
+    return ensure(root, asdict(spec), lambda: generate_synthetic_seg(root, spec), owner=__name__)
 
 
 def main(argv=None) -> None:
