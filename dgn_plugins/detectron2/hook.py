@@ -20,7 +20,7 @@ from typing import List, Optional
 from detectron2.engine import HookBase, hooks
 
 from ..model import dgn_layers, regroup_model
-from ..regroup import summarize
+from ..regroup import describe_regroup, regroup_scalars
 from ..schedule import RegroupSchedule
 
 __all__ = ["DGNRegroupHook", "insert_regroup_hook", "SCALAR_PREFIX"]
@@ -86,34 +86,11 @@ class DGNRegroupHook(HookBase):
         self._record(step, reports)
 
     def _record(self, step: int, reports) -> None:
-        totals = summarize(reports)
-        regrouped = totals["layers"] - totals["layers_skipped"]
+        scalars = regroup_scalars(reports, self.regroups_done)
         self.trainer.storage.put_scalars(
-            **{
-                SCALAR_PREFIX + "groups_changed": totals["groups_changed"],
-                SCALAR_PREFIX + "channels_moved": totals["channels_moved"],
-                SCALAR_PREFIX + "groups_dissolved": totals["groups_dissolved"],
-                SCALAR_PREFIX + "layers_regrouped": regrouped,
-                SCALAR_PREFIX + "layers_skipped": totals["layers_skipped"],
-                SCALAR_PREFIX + "regroups": self.regroups_done,
-            },
-            smoothing_hint=False,
+            **{SCALAR_PREFIX + key: value for key, value in scalars.items()}, smoothing_hint=False
         )
-        lines = [
-            f"DGN regroup #{self.regroups_done} after iter {step}: {totals['groups_changed']} groups changed, "
-            f"{totals['channels_moved']} channels moved, {totals['groups_dissolved']} groups dissolved in "
-            f"{regrouped} layers ({totals['layers_skipped']} skipped)"
-        ]
-        if self.log_per_layer:
-            for report in reports:
-                if report.skipped is not None:
-                    lines.append(f"  {report.name}: skipped ({report.skipped})")
-                else:
-                    lines.append(
-                        f"  {report.name}: {report.groups_changed}/{report.num_groups} groups changed, "
-                        f"{report.channels_moved} channels moved"
-                    )
-        logger.info("\n".join(lines))
+        logger.info(describe_regroup(reports, self.regroups_done, f"iter {step}", self.log_per_layer))
 
     # Saved by DetectionCheckpointer through trainer.state_dict()["hooks"].
     def state_dict(self) -> dict:

@@ -19,7 +19,7 @@ from mmengine.runner import IterBasedTrainLoop
 
 from ..layer import DynamicGroupNorm
 from ..model import dgn_layers, regroup_model
-from ..regroup import summarize
+from ..regroup import describe_regroup, regroup_scalars
 from ..schedule import RegroupSchedule
 
 __all__ = ["DGNRegroupHook", "RUNTIME_DGN_OPTIONS", "follow_groupings"]
@@ -166,32 +166,9 @@ class DGNRegroupHook(Hook):
 
     # ----------------------------------------------------------------- logging
     def _log(self, runner, step: int, reports) -> None:
-        totals = summarize(reports)
         unit = "epoch" if self.by_epoch else "iter"
-        lines = [
-            f"DGN regroup #{self.regroups_done} after {unit} {step}: {totals['groups_changed']} groups changed, "
-            f"{totals['channels_moved']} channels moved, {totals['groups_dissolved']} groups dissolved in "
-            f"{totals['layers'] - totals['layers_skipped']} layers ({totals['layers_skipped']} skipped)"
-        ]
-        if self.log_per_layer:
-            for report in reports:
-                if report.skipped is not None:
-                    lines.append(f"  {report.name}: skipped ({report.skipped})")
-                else:
-                    lines.append(
-                        f"  {report.name}: {report.groups_changed}/{report.num_groups} groups changed, "
-                        f"{report.channels_moved} channels moved"
-                    )
-        runner.logger.info("\n".join(lines))
-        scalars = {
-            "groups_changed": totals["groups_changed"],
-            "channels_moved": totals["channels_moved"],
-            "groups_dissolved": totals["groups_dissolved"],
-            "layers_regrouped": totals["layers"] - totals["layers_skipped"],
-            "layers_skipped": totals["layers_skipped"],
-            "regroups": self.regroups_done,
-        }
-        for key, value in scalars.items():
+        runner.logger.info(describe_regroup(reports, self.regroups_done, f"{unit} {step}", self.log_per_layer))
+        for key, value in regroup_scalars(reports, self.regroups_done).items():
             runner.message_hub.update_scalar(SCALAR_PREFIX + key, value)
 
     # ------------------------------------------------------------- checkpoints
