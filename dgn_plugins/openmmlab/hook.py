@@ -6,19 +6,24 @@ Add it to a config as::
 
 It regroups every trainable DGN layer (training mode, parameters not frozen:
 frozen stages and ``requires_grad=False`` layers are left alone), keeps the
-EMA copies of ``EMAHook`` on the same groupings, logs what changed, and
-stores its schedule in checkpoints so ``--resume`` continues the calendar.
+EMA copies of ``EMAHook`` on the same groupings, logs what changed, appends
+one record per regroup to ``<work_dir>/dgn_groups.jsonl`` (for
+``tools/plot_groups.py --records``), and stores its schedule in checkpoints so
+``--resume`` continues the calendar (and the records file).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import BaseAveragedModel, is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
 from ..layer import DynamicGroupNorm
 from ..model import dgn_layers, regroup_model
+from ..records import RECORDS_FILE, RegroupRecords, regroup_record
 from ..regroup import describe_regroup, regroup_scalars
 from ..schedule import RegroupSchedule
 
@@ -85,6 +90,12 @@ class DGNRegroupHook(Hook):
             ``requires_grad=False``). Leave it on: regrouping a frozen layer
             changes a pretrained network that is not learning to adapt.
         log_per_layer: log one line per regrouped layer, besides the totals.
+        records_file: after every regroup, the main process appends a record
+            (step, every layer's group ids, per-layer reports) to this
+            ``.jsonl`` file, relative to ``runner.work_dir``; plot it with
+            ``tools/plot_groups.py --records``. ``None``: no records. A resumed
+            run keeps the records up to its checkpoint and appends; a run from
+            scratch starts the file anew.
         **dgn_options: runtime DGN options applied to every layer before
             training, see :data:`RUNTIME_DGN_OPTIONS`.
     """
@@ -104,6 +115,7 @@ class DGNRegroupHook(Hook):
         percentile: Optional[float] = None,
         only_trainable: bool = True,
         log_per_layer: bool = True,
+        records_file: Optional[str] = RECORDS_FILE,
         **dgn_options,
     ) -> None:
         self.schedule = RegroupSchedule(interval=interval, start=start, stop=stop)
@@ -114,6 +126,8 @@ class DGNRegroupHook(Hook):
         self.only_trainable = only_trainable
         self.log_per_layer = log_per_layer
         self.dgn_options = _check_runtime_options(dgn_options)
+        self.records_file = records_file
+        self.records: Optional[RegroupRecords] = None
         self.regroups_done = 0
 
     # ------------------------------------------------------------------ set-up
@@ -129,11 +143,20 @@ class DGNRegroupHook(Hook):
                 "DGNRegroupHook(by_epoch=True) with an iteration-based loop: epoch hooks run once per run, "
                 "so at most one regroup happens. Use by_epoch=False."
             )
+        self._start_records(runner)
         runner.logger.info(
             f"DGNRegroupHook: {len(layers)} DGN layers, regroup every {self.schedule.interval} "
             f"{self._unit} from {self.schedule.start}"
             + (f" to {self.schedule.stop}" if self.schedule.stop is not None else "")
         )
+
+    def _start_records(self, runner) -> None:
+        # before_train runs after the checkpoint is loaded: the schedule says where a resumed run stands.
+        if self.records_file is None or not is_main_process():
+            return
+        self.records = RegroupRecords(os.path.join(runner.work_dir, self.records_file))
+        kept = self.records.start(self.schedule.last_regroup_step)
+        runner.logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
 
     @property
     def _unit(self) -> str:
@@ -156,6 +179,8 @@ class DGNRegroupHook(Hook):
         self.regroups_done += 1
         self._update_averaged_models(runner)
         self._log(runner, step, reports)
+        if self.records is not None:
+            self.records.append(regroup_record(step, runner.model, reports))
 
     def _update_averaged_models(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch`` on
 CPU (gloo): after every regroup both ranks hold identical groupings, although
 each rank sees different images (the worker calls tools/train.py's main)."""
+import json
 import os
 import socket
 import subprocess
@@ -43,3 +44,8 @@ def test_two_ranks_end_every_regroup_with_identical_groupings(tiny_coco, tmp_pat
         assert ranks[0]["num_regroups"][name] == ranks[1]["num_regroups"][name] == 3
         changed += not torch.equal(group_id, default_group_ids(group_id.numel(), int(group_id.max()) + 1))
     assert changed, "no grouping changed: the test would be vacuous"
+
+    # Both ranks share the work_dir; only the main process writes the regroup records.
+    records = [json.loads(line) for line in (tmp_path / "dgn_groups.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(records[-1]["group_id"][name] == ranks[0]["group_id"][name].tolist() for name in names)
