@@ -8,9 +8,12 @@ their options from ``MODEL.DGN`` and the regroup hook its schedule from
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from detectron2.config import CfgNode as CN
+
+from ..records import RECORDS_FILE
 
 __all__ = ["add_dgn_config", "dgn_layer_options", "regroup_options"]
 
@@ -46,6 +49,9 @@ def add_dgn_config(cfg: CN) -> CN:
     _C.MODEL.DGN.REGROUP.ONLY_TRAINABLE = True
     # Log one line per layer at each regroup, besides the totals.
     _C.MODEL.DGN.REGROUP.LOG_PER_LAYER = False
+    # Regroup records (one JSON line per regroup) in OUTPUT_DIR, for
+    # tools/plot_groups.py --records; "" writes none.
+    _C.MODEL.DGN.REGROUP.RECORDS_FILE = RECORDS_FILE
     return cfg
 
 
@@ -75,6 +81,7 @@ def regroup_options(cfg: CN) -> Optional[dict]:
         stop=int(regroup.STOP) if regroup.STOP >= 0 else None,
         only_trainable=bool(regroup.ONLY_TRAINABLE),
         log_per_layer=bool(regroup.LOG_PER_LAYER),
+        records_file=os.path.join(cfg.OUTPUT_DIR, regroup.RECORDS_FILE) if regroup.RECORDS_FILE else None,
     )
 
 

@@ -11,6 +11,10 @@ DDP with ``broadcast_buffers=False``, so nothing else would keep the groupings
 equal). Place it before ``PeriodicCheckpointer`` (see
 :func:`insert_regroup_hook`) so a checkpoint taken at a regroup step already
 holds the new groupings and the schedule that produced them.
+
+The main process also appends one record per regroup (every layer's group
+ids, per-layer reports) to ``records_file``, what ``tools/plot_groups.py
+--records`` draws; ``DGNTrainer`` puts it at ``OUTPUT_DIR/dgn_groups.jsonl``.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ import logging
 from typing import List, Optional
 
 from detectron2.engine import HookBase, hooks
+from detectron2.utils import comm
 
 from ..model import dgn_layers, regroup_model
+from ..records import RegroupRecords, regroup_record
 from ..regroup import describe_regroup, regroup_scalars
 from ..schedule import RegroupSchedule
 
@@ -45,6 +51,9 @@ class DGNRegroupHook(HookBase):
         percentile: overrides each layer's dissolve percentile.
         only_trainable: skip eval-mode and frozen layers (``FREEZE_AT`` stages).
         log_per_layer: log one line per layer besides the totals.
+        records_file: path of the ``.jsonl`` regroup records the main process
+            appends to (``None``: none). A resumed run keeps the records up to
+            its checkpoint and appends; a run from scratch starts the file anew.
     """
 
     def __init__(
@@ -56,6 +65,7 @@ class DGNRegroupHook(HookBase):
         percentile: Optional[float] = None,
         only_trainable: bool = True,
         log_per_layer: bool = False,
+        records_file: Optional[str] = None,
     ) -> None:
         self.schedule = RegroupSchedule(interval=interval, start=start, stop=stop)
         if percentile is not None and not 0.0 <= percentile <= 1.0:
@@ -63,9 +73,16 @@ class DGNRegroupHook(HookBase):
         self.percentile = percentile
         self.only_trainable = only_trainable
         self.log_per_layer = log_per_layer
+        self.records_file = records_file
+        self.records: Optional[RegroupRecords] = None
         self.regroups_done = 0
 
     def before_train(self) -> None:
+        # resume_or_load ran before train(): the schedule says where a resumed run stands.
+        if self.records_file is not None and comm.is_main_process():
+            self.records = RegroupRecords(self.records_file)
+            kept = self.records.start(self.schedule.last_regroup_step)
+            logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
         layers = dgn_layers(self.trainer.model)
         if not layers:
             logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")
@@ -91,6 +108,8 @@ class DGNRegroupHook(HookBase):
             **{SCALAR_PREFIX + key: value for key, value in scalars.items()}, smoothing_hint=False
         )
         logger.info(describe_regroup(reports, self.regroups_done, f"iter {step}", self.log_per_layer))
+        if self.records is not None:
+            self.records.append(regroup_record(step, self.trainer.model, reports))
 
     # Saved by DetectionCheckpointer through trainer.state_dict()["hooks"].
     def state_dict(self) -> dict:

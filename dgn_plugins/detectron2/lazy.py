@@ -12,10 +12,13 @@ and asks for regrouping with ``train.dgn_regroup``: a
 ``L(DGNRegroupHook)(interval=...)`` or a plain ``dict(interval=..., start=...,
 stop=...)``. Detectron2's ``tools/lazyconfig_train_net.py`` ignores that key;
 :func:`train` here, which our launcher runs, is that script's loop plus the hook.
+Unless the entry says ``records_file``, regroup records go to
+``train.output_dir/dgn_groups.jsonl``.
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import torch
@@ -27,6 +30,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
+from ..records import RECORDS_FILE
 from .hook import DGNRegroupHook, insert_regroup_hook
 from .trainer import ddp_device_kwargs
 
@@ -47,6 +51,7 @@ def regroup_hook_from_lazy(cfg) -> Optional[DGNRegroupHook]:
         return spec
     if not isinstance(spec, (dict, DictConfig)):
         raise TypeError(f"train.{REGROUP_KEY} must be a dict or L(DGNRegroupHook)(...), got {type(spec).__name__}")
+    spec = _with_default_records_file(spec, cfg.train.get("output_dir", None))
     if "_target_" in spec:
         hook = instantiate(spec)
         if not isinstance(hook, DGNRegroupHook):
@@ -57,6 +62,16 @@ def regroup_hook_from_lazy(cfg) -> Optional[DGNRegroupHook]:
     if int(spec.get("interval", 1)) <= 0:
         return None
     return DGNRegroupHook(**spec)
+
+
+def _with_default_records_file(spec, output_dir: Optional[str]):
+    """``spec`` with ``records_file`` in ``output_dir`` unless it names one (or there is no output dir)."""
+    if output_dir is None or "records_file" in spec:
+        return spec
+    # a plain copy: the config keeps what its author wrote (and may be in struct mode)
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    spec["records_file"] = os.path.join(output_dir, RECORDS_FILE)
+    return spec
 
 
 def build_model(cfg) -> torch.nn.Module:

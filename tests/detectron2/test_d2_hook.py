@@ -1,6 +1,8 @@
 """DGNRegroupHook in real Detectron2 training on CPU: regroups, metrics, checkpoints, resume."""
+import importlib.util
 import json
 import logging
+import os
 
 import pytest
 
@@ -9,10 +11,11 @@ import pytest
 pytest.importorskip("detectron2.config", reason="Detectron2 is not installed (built from source: see docs/detectron2.md)")
 
 import torch  # noqa: E402
-from d2_support import config_path, dgn_modules, load_cfg, tiny_train_opts  # noqa: E402
+from d2_support import ROOT, config_path, dgn_modules, load_cfg, tiny_train_opts  # noqa: E402
 from detectron2.engine import hooks  # noqa: E402
 
 from dgn_plugins.detectron2 import DGNRegroupHook, DGNTrainer, insert_regroup_hook  # noqa: E402
+from dgn_plugins.plots import read_records  # noqa: E402
 
 DEMO_DGN = config_path("demo_mask_rcnn_dgn.yaml")
 
@@ -30,6 +33,13 @@ def _regroup_hook(trainer) -> DGNRegroupHook:
 
 def _groupings(model):
     return {name: layer.group_id.clone() for name, layer in dgn_modules(model)}
+
+
+def _plot_groups_main(argv) -> int:
+    spec = importlib.util.spec_from_file_location("plot_groups_tool", os.path.join(ROOT, "tools", "plot_groups.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 
 def test_hook_sits_before_checkpointer_eval_and_writer():
@@ -92,9 +102,25 @@ def test_training_regroups_logs_and_resumes(synthetic_coco_root, tmp_path):
         assert torch.equal(layer.group_id, final["model"][name + ".group_id"])
         assert torch.equal(layer.group_id, after[name])
         assert int(layer.num_regroups) == 1
+    first_records = (output_dir / "dgn_groups.jsonl").read_text()
     resumed.train()  # iterations 3-4: one regroup, after 4
     assert resumed_hook.regroups_done == 2 and resumed_hook.schedule.last_regroup_step == 4
     assert all(int(layer.num_regroups) == 2 for _, layer in dgn_modules(resumed.model))
+
+    # Regroup records in OUTPUT_DIR: the resumed run appended to the first run's.
+    text = (output_dir / "dgn_groups.jsonl").read_text()
+    assert text.startswith(first_records) and len(first_records.splitlines()) == 1
+    records = read_records(output_dir / "dgn_groups.jsonl")
+    assert [r["step"] for r in records] == [2, 4]
+    assert set(records[0]["group_id"]) == set(after)
+    for name, ids in records[0]["group_id"].items():
+        assert ids == after[name].tolist(), name
+    for name, layer in dgn_modules(resumed.model):
+        assert records[1]["group_id"][name] == layer.group_id.tolist(), name
+    assert [r["name"] for r in records[1]["reports"]] == [name for name, _ in dgn_modules(resumed.model)]
+    png = output_dir / "groups.png"
+    assert _plot_groups_main(["--records", str(output_dir / "dgn_groups.jsonl"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_frozen_stages_keep_their_grouping(synthetic_coco_root, tmp_path):
@@ -111,6 +137,14 @@ def test_frozen_stages_keep_their_grouping(synthetic_coco_root, tmp_path):
 def test_interval_zero_disables_the_hook(synthetic_coco_root, tmp_path):
     trainer = _trainer(tmp_path / "off", 1, interval=0)
     assert not [h for h in trainer._hooks if isinstance(h, DGNRegroupHook)]
+
+
+def test_empty_records_file_writes_no_records(synthetic_coco_root, tmp_path):
+    trainer = _trainer(tmp_path / "norecords", 1, "MODEL.DGN.REGROUP.RECORDS_FILE", "", interval=1)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert _regroup_hook(trainer).regroups_done == 1
+    assert not list((tmp_path / "norecords").rglob("*.jsonl"))
 
 
 def test_hook_warns_on_a_model_without_dgn():

@@ -1,4 +1,5 @@
 """DGN in LazyConfigs: the shipped example, the norm factory in every slot, train.dgn_regroup."""
+import json
 import textwrap
 
 import pytest
@@ -125,6 +126,10 @@ def test_lazy_config_trains_and_evaluates_through_the_launcher(synthetic_coco_ro
     regroups = {int(v) for k, v in final["model"].items() if k.endswith("num_regroups")}
     assert regroups == {2}
     assert (output_dir / "config.yaml").exists()
+    records = [json.loads(line) for line in (output_dir / "dgn_groups.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # train.dgn_regroup's default records file
+    assert all(records[-1]["group_id"][k[: -len(".group_id")]] == v.tolist()
+               for k, v in final["model"].items() if k.endswith(".group_id"))
 
     model = instantiate(LazyConfig.load(str(output_dir / "config.yaml")).model)
     assert len(dgn_modules(model)) == sum(k.endswith("num_regroups") for k in final["model"])
