@@ -107,6 +107,18 @@ def test_sweep_evaluates_only_the_selected_cells_and_compares_gn_with_dgn():
     json.dumps(gn)  # plain data
 
 
+def test_percent_or_fraction_is_decided_by_the_metric_key():
+    from dgn_plugins.robustness.metrics import display_scale, pick_primary_metric
+
+    assert display_scale("bbox/AP", [0.8]) == (1.0, "%")  # Detectron2: already percent, even when small
+    assert display_scale("sem_seg/mIoU", [0.5]) == (1.0, "%")
+    assert display_scale("mIoU", [0.5]) == (1.0, "%")  # mmseg's IoUMetric
+    assert display_scale("coco/bbox_mAP", [0.5]) == (100.0, "%")  # mmdet: a fraction
+    assert display_scale("custom", [0.3]) == (100.0, "%") and display_scale("custom", [12.0]) == (1.0, "custom")
+    assert pick_primary_metric({"bbox/AP50": 2.0, "bbox/AP": 1.0, "segm/AP": 0.5}) == "bbox/AP"
+    assert pick_primary_metric({"sem_seg/fwIoU": 2.0, "sem_seg/mIoU": 1.0}) == "sem_seg/mIoU"
+
+
 # ------------------------------------------------------------------ the tool, end to end (MMSegmentation)
 TINY_SEG_CONFIG = """
 default_scope = 'mmseg'
@@ -233,6 +245,20 @@ def test_tool_error_paths_exit_2_with_a_message(tmp_path, capsys):
     assert "unknown corruption" in capsys.readouterr().err
     assert tool.main([]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_detectron2_toolkit_without_detectron2_names_the_missing_package(tmp_path, capsys):
+    try:
+        import detectron2.config  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("Detectron2 is installed: tests/detectron2/test_d2_robustness.py covers it")
+    config = tmp_path / "mask_rcnn.yaml"
+    config.write_text("MODEL:\n  MASK_ON: True\n")
+    assert _tool().main([str(config), "--corruptions", "fog", "--severities", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "'detectron2' robustness evaluator cannot be loaded" in err and "detectron2 package" in err
 
 
 def test_benchmark_without_fashion_mnist_says_how_to_install_it(tmp_path, capsys):

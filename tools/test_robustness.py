@@ -16,12 +16,21 @@ the first, e.g. GN).
 
 Corruptions come from ``imagecorruptions-imaug==1.1.5`` (the numpy-2 drop-in for
 ``imagecorruptions``), seeded per image by ``--seed``: a rerun gives the same images.
-Detectron2 models (``--toolkit detectron2``) need an evaluator registered with
-``dgn_plugins.robustness.evaluators.register_evaluator``.
+
+Detectron2 models: a ``.yaml`` config (``MODEL.DGN`` options, ``NORM: "DGN"``
+allowed) is recognised by its extension; a LazyConfig ``.py`` needs
+``--toolkit detectron2``. The checkpoint loads with ``DetectionCheckpointer``,
+the test set is ``DATASETS.TEST`` (``dataloader.test``) scored by
+``COCOEvaluator`` (headline ``bbox/AP``) or ``SemSegEvaluator``
+(``sem_seg/mIoU``); ``--cfg-options`` takes Detectron2 keys:
+
+    python tools/test_robustness.py --models GN=gn.yaml,gn/model_final.pth DGN=dgn.yaml,dgn/model_final.pth \
+        --corruptions fog --severities 3 --cfg-options MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.05
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -69,14 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default="work_dirs/robustness")
     parser.add_argument("--out", type=Path, help="JSON with every cell of every model and the comparison")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides, as mmengine's --cfg-options")
+                        help="config overrides: mmengine's --cfg-options, or Detectron2 keys (yacs or LazyConfig)")
     add_output_arguments(parser)
     return parser
 
 
-def _cfg_options(items):
+def _cfg_options(items, toolkit: str):
+    """mmengine's parsed dict for OpenMMLab; Detectron2 takes the ``KEY=VALUE`` strings as they are."""
     if not items:
         return None
+    if toolkit == "detectron2":
+        return list(items)
     from mmengine.config import DictAction
 
     namespace = argparse.Namespace()
@@ -98,11 +110,13 @@ def run(args) -> dict:
     results = []
     for label, config, checkpoint in models:
         toolkit = args.toolkit or guess_toolkit(config)
-        evaluator = build_evaluator(toolkit, config, checkpoint, work_dir=os.path.join(args.work_dir, label),
-                                    seed=args.seed, cfg_options=_cfg_options(args.cfg_options))
         log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (stdout carries the table)
-        results.append(run_sweep(evaluator, corruptions, severities, label=label, seed=args.seed,
-                                 metric=args.metric, log=log))
+        # pycocotools and the toolkits print progress to stdout, which carries the table
+        with contextlib.redirect_stdout(sys.stderr):
+            evaluator = build_evaluator(toolkit, config, checkpoint, work_dir=os.path.join(args.work_dir, label),
+                                        seed=args.seed, cfg_options=_cfg_options(args.cfg_options, toolkit))
+            results.append(run_sweep(evaluator, corruptions, severities, label=label, seed=args.seed,
+                                     metric=args.metric, log=log))
     comparison = comparison_of(results)
     payload = {"corruptions": corruptions, "severities": severities, "seed": args.seed,
                "results": results, "comparison": comparison_to_dict(comparison)}

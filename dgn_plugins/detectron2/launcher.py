@@ -33,7 +33,7 @@ from .config import add_dgn_config
 from .data import register_datasets_of
 from .trainer import DGNTrainer, ddp_device_kwargs, setup_dgn_logger
 
-__all__ = ["main", "parse_args", "setup_yacs", "setup_lazy"]
+__all__ = ["main", "parse_args", "setup_yacs", "setup_lazy", "is_lazy_config", "cuda_or_cpu", "lazy_dataset_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def is_lazy_config(path: str) -> bool:
     return path.endswith(".py")
 
 
-def _cuda_or_cpu(device: str, where: str) -> str:
+def cuda_or_cpu(device: str, where: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(f"{where}={device!r} but CUDA is not available: using the CPU.")
         return "cpu"
@@ -74,7 +74,7 @@ def setup_yacs(args):
     cfg.merge_from_list(args.opts)
     if args.work_dir:
         cfg.OUTPUT_DIR = args.work_dir
-    cfg.MODEL.DEVICE = _cuda_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+    cfg.MODEL.DEVICE = cuda_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     cfg.freeze()
     default_setup(cfg, args)
     setup_dgn_logger(cfg.OUTPUT_DIR)
@@ -100,17 +100,17 @@ def setup_lazy(args):
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if args.work_dir:
         cfg.train.output_dir = args.work_dir
-    cfg.train.device = _cuda_or_cpu(cfg.train.device, "train.device")
+    cfg.train.device = cuda_or_cpu(cfg.train.device, "train.device")
     if cfg.train.device == "cpu" and cfg.train.amp.enabled:
         logger.warning("train.amp.enabled on CPU: AMPTrainer needs CUDA, training in float32.")
         cfg.train.amp.enabled = False
     default_setup(cfg, args)
     setup_dgn_logger(cfg.train.output_dir)
-    register_datasets_of(_lazy_dataset_names(cfg))
+    register_datasets_of(lazy_dataset_names(cfg))
     return cfg
 
 
-def _lazy_dataset_names(cfg) -> List[str]:
+def lazy_dataset_names(cfg) -> List[str]:
     """``dataloader.{train,test}.dataset.names`` (a name or a list of them), where present."""
     names: List[str] = []
     for split in ("train", "test"):

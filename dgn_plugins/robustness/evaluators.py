@@ -3,9 +3,10 @@
 An evaluator scores one model on one cell: ``evaluate(None, 0)`` is clean,
 ``evaluate("fog", 3)`` is fog at severity 3; it returns the toolkit's metric
 dict. :mod:`dgn_plugins.robustness.openmmlab` implements it with MMEngine's
-Runner; a Detectron2 evaluator (a ``DatasetEvaluator`` run by
-``inference_on_dataset`` over a mapper that corrupts images) plugs in by
-implementing the same two members and registering a factory here.
+Runner, :mod:`dgn_plugins.robustness.detectron2` with ``inference_on_dataset``
+over a mapper that corrupts images. Either module is imported only when its
+toolkit is asked for, so each works without the other installed; another
+toolkit plugs in by implementing the same two members and registering a factory.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class CellEvaluator(Protocol):
 #: ``factory(config, checkpoint, **options) -> CellEvaluator``.
 EVALUATOR_FACTORIES: Dict[str, object] = {
     "openmmlab": "dgn_plugins.robustness.openmmlab:OpenMMLabEvaluator",
+    "detectron2": "dgn_plugins.robustness.detectron2:Detectron2Evaluator",
 }
 
 
@@ -48,5 +50,8 @@ def build_evaluator(toolkit: str, config: str, checkpoint: Optional[str], **opti
                          "dgn_plugins.robustness.evaluators.register_evaluator)")
     if isinstance(factory, str):
         module, _, name = factory.partition(":")
-        factory = getattr(importlib.import_module(module), name)
+        try:
+            factory = getattr(importlib.import_module(module), name)
+        except ImportError as err:  # the toolkit is not installed: say which package is missing
+            raise ValueError(f"the {toolkit!r} robustness evaluator cannot be loaded: {err}") from err
     return factory(config, checkpoint, **options)

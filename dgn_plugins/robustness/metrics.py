@@ -14,12 +14,12 @@ is the mean corrupted mIoU.
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
 __all__ = ["robustness_summary", "per_corruption_mean", "per_severity_mean", "PRIMARY_METRICS",
-           "pick_primary_metric", "task_of_metric"]
+           "pick_primary_metric", "task_of_metric", "display_scale"]
 
 Cells = Mapping[str, Mapping[int, float]]
 
@@ -51,9 +51,15 @@ def per_severity_mean(cells: Cells) -> Dict[int, float]:
 
 #: Preferred headline metric per task, first found wins (keys as Runner.test() returns them).
 PRIMARY_METRICS = {
-    "detection": ("coco/bbox_mAP", "coco/segm_mAP", "pascal_voc/mAP"),
+    "detection": ("coco/bbox_mAP", "coco/segm_mAP", "pascal_voc/mAP", "bbox/AP", "segm/AP"),
     "segmentation": ("mIoU",),
 }
+
+#: Detectron2's evaluators report in percent (``bbox/AP``, ``sem_seg/mIoU``), as does
+#: mmseg's IoUMetric (``mIoU``, ``aAcc``, ...); mmdet's metrics (``coco/``, ``pascal_voc/``) are fractions.
+_PERCENT_TASKS = ("bbox", "segm", "keypoints", "sem_seg", "panoptic_seg")
+_PERCENT_NAMES = ("mIoU", "mAcc", "aAcc", "mDice", "mFscore", "mPrecision", "mRecall")
+_FRACTION_PREFIXES = ("coco", "pascal_voc")
 
 
 def pick_primary_metric(metrics: Dict[str, float], requested: Optional[str] = None) -> str:
@@ -71,3 +77,17 @@ def pick_primary_metric(metrics: Dict[str, float], requested: Optional[str] = No
 
 def task_of_metric(key: str) -> str:
     return "segmentation" if "mIoU" in key else "detection"
+
+
+def display_scale(key: str, values: Iterable[float]) -> Tuple[float, str]:
+    """``(factor, unit)`` that shows ``key`` in percent, decided by the key when it is known.
+
+    A value heuristic alone would turn a weak Detectron2 model's AP of 0.8 (%) into 80.
+    Unknown keys: fractions when every value is within [-1, 1], else shown as they are.
+    """
+    parts = key.split("/")
+    if any(part in _PERCENT_TASKS for part in parts[:-1]) or parts[-1] in _PERCENT_NAMES:
+        return 1.0, "%"
+    if parts[0] in _FRACTION_PREFIXES or max(abs(float(v)) for v in values) <= 1.0:
+        return 100.0, "%"
+    return 1.0, key

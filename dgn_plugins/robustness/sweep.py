@@ -18,7 +18,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from .corruptions import check_corruptions, check_severities
 from .evaluators import CellEvaluator
-from .metrics import per_corruption_mean, per_severity_mean, pick_primary_metric, robustness_summary, task_of_metric
+from .metrics import (display_scale, per_corruption_mean, per_severity_mean, pick_primary_metric,
+                      robustness_summary, task_of_metric)
 
 __all__ = ["run_sweep", "summarize_sweep", "comparison_of"]
 
@@ -75,8 +76,7 @@ def comparison_of(results: Sequence[Mapping]):
     if len(metrics) != 1:
         raise ValueError(f"results use different headline metrics {sorted(metrics)}; pass the same --metric")
     metric = metrics.pop()
-    scale = 100.0 if max(abs(r["clean"][metric]) for r in results) <= 1.0 else 1.0  # COCO AP is 0-1
-    unit = "%" if scale == 100.0 or "mIoU" in metric else metric
+    scale, unit = display_scale(metric, [r["clean"][metric] for r in results])
     comparison = Comparison(labels=labels, unit=unit)
     names = _names(results[0]["task"])
     summaries = [r["summary"] for r in results]

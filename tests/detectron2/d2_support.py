@@ -83,3 +83,47 @@ def plain_group_norms(model):
     from dgn_plugins import DynamicGroupNorm
 
     return [n for n, m in model.named_modules() if isinstance(m, nn.GroupNorm) and not isinstance(m, DynamicGroupNorm)]
+
+
+#: A tiny LazyConfig Mask R-CNN (R-18, DGN everywhere) on the generated data set, 2 iterations.
+TINY_LAZY = """
+import detectron2.data.transforms as T
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from dgn_plugins.detectron2 import DGNNorm
+
+model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
+dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+optimizer = model_zoo.get_config("common/optim.py").SGD
+train = model_zoo.get_config("common/train.py").train
+lr_multiplier = model_zoo.get_config("common/coco_schedule.py").lr_multiplier_1x
+
+_dgn = L(DGNNorm)(num_groups=32)
+model.backbone.bottom_up.freeze_at = 0
+model.backbone.bottom_up.stem.norm = model.backbone.bottom_up.stages.norm = _dgn
+model.backbone.norm = model.roi_heads.box_head.conv_norm = model.roi_heads.mask_head.conv_norm = _dgn
+model.backbone.bottom_up.stages.depth = 18
+del model.backbone.bottom_up.stages.stride_in_1x1  # a BottleneckBlock argument
+model.backbone.out_channels = 64
+model.proposal_generator.head.in_channels = 64
+model.roi_heads.num_classes = 3
+model.roi_heads.box_head.input_shape.channels = 64
+model.roi_heads.box_head.conv_dims = [64, 64]
+model.roi_heads.box_head.fc_dims = [128]
+model.roi_heads.box_predictor.input_shape.channels = 128
+model.roi_heads.mask_head.input_shape.channels = 64
+model.roi_heads.mask_head.conv_dims = [64, 64]
+
+dataloader.train.dataset.names = "dgn_synthetic_coco_train"
+dataloader.test.dataset.names = "dgn_synthetic_coco_val"
+dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
+dataloader.train.total_batch_size = 2
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
+
+train.max_iter = 2
+train.eval_period = 0
+train.checkpointer.period = 100
+train.dgn_regroup = dict(interval=1)
+"""

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("detectron2.config", reason="Detectron2 is not installed (built from source: see docs/detectron2.md)")
 
 import torch  # noqa: E402
-from d2_support import config_path, detectron2_configs_dir, dgn_modules  # noqa: E402
+from d2_support import TINY_LAZY, config_path, detectron2_configs_dir, dgn_modules  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -69,49 +69,6 @@ def test_regroup_entry_forms():
     assert regroup_hook_from_lazy(cfg(L(DGNRegroupHook)(interval=7))).schedule.interval == 7
     with pytest.raises(TypeError):
         regroup_hook_from_lazy(cfg(L(DGNNorm)(num_groups=4)))
-
-
-TINY_LAZY = """
-import detectron2.data.transforms as T
-from detectron2 import model_zoo
-from detectron2.config import LazyCall as L
-from dgn_plugins.detectron2 import DGNNorm
-
-model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
-dataloader = model_zoo.get_config("common/data/coco.py").dataloader
-optimizer = model_zoo.get_config("common/optim.py").SGD
-train = model_zoo.get_config("common/train.py").train
-lr_multiplier = model_zoo.get_config("common/coco_schedule.py").lr_multiplier_1x
-
-_dgn = L(DGNNorm)(num_groups=32)
-model.backbone.bottom_up.freeze_at = 0
-model.backbone.bottom_up.stem.norm = model.backbone.bottom_up.stages.norm = _dgn
-model.backbone.norm = model.roi_heads.box_head.conv_norm = model.roi_heads.mask_head.conv_norm = _dgn
-model.backbone.bottom_up.stages.depth = 18
-del model.backbone.bottom_up.stages.stride_in_1x1  # a BottleneckBlock argument
-model.backbone.out_channels = 64
-model.proposal_generator.head.in_channels = 64
-model.roi_heads.num_classes = 3
-model.roi_heads.box_head.input_shape.channels = 64
-model.roi_heads.box_head.conv_dims = [64, 64]
-model.roi_heads.box_head.fc_dims = [128]
-model.roi_heads.box_predictor.input_shape.channels = 128
-model.roi_heads.mask_head.input_shape.channels = 64
-model.roi_heads.mask_head.conv_dims = [64, 64]
-
-dataloader.train.dataset.names = "dgn_synthetic_coco_train"
-dataloader.test.dataset.names = "dgn_synthetic_coco_val"
-dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
-dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 0
-dataloader.test.num_workers = 0
-
-train.max_iter = 2
-train.eval_period = 0
-train.checkpointer.period = 100
-train.dgn_regroup = dict(interval=1)
-"""
 
 
 def test_lazy_config_trains_and_evaluates_through_the_launcher(synthetic_coco_root, tmp_path):
