@@ -14,7 +14,10 @@ from typing import Dict, List, Optional
 from .metrics import pick_primary_metric, task_of_metric
 from .transforms import ApplyCorruption  # noqa: F401  (registers the transform)
 
-__all__ = ["OpenMMLabEvaluator", "insert_corruption"]
+__all__ = ["OpenMMLabEvaluator", "insert_corruption", "nothing_detected"]
+
+logger = logging.getLogger(__name__)
+
 
 def _pipeline_of(dataset_cfg) -> List:
     """The pipeline list of a dataset config, looking through wrappers (``dataset=``)."""
@@ -33,6 +36,17 @@ def insert_corruption(dataset_cfg, corruption: str, severity: int, seed: int) ->
     if not loaders:
         raise ValueError(f"no image-loading transform in the test pipeline {types}")
     pipeline.insert(loaders[0] + 1, dict(type="ApplyCorruption", corruption=corruption, severity=severity, seed=seed))
+
+
+def nothing_detected(reference: Dict[str, float]) -> Dict[str, float]:
+    """The metrics of a cell without a single detection, shaped like ``reference``.
+
+    mmdet's ``CocoMetric`` returns no metrics at all when the model detects
+    nothing (it logs "The testing results of the whole dataset is empty"),
+    which a strong corruption can cause. That is AP 0; -1 (no ground truth
+    in that size range) stays -1.
+    """
+    return {key: (value if value == -1.0 else 0.0) for key, value in reference.items()}
 
 
 def _is_scalar(value) -> bool:
@@ -69,7 +83,9 @@ class OpenMMLabEvaluator:
         cfg.resume = False
         cfg.log_level = log_level
         # Only testing: drop training pieces that would make the Runner demand data or build optimisers.
-        for key in ("train_dataloader", "train_cfg", "optim_wrapper", "val_dataloader", "val_cfg", "val_evaluator"):
+        # (the Runner refuses a param_scheduler without an optim_wrapper)
+        for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler",
+                    "val_dataloader", "val_cfg", "val_evaluator"):
             cfg[key] = None
         cfg.default_hooks = {k: v for k, v in (cfg.get("default_hooks") or {}).items() if k != "visualization"}
         self.cfg = cfg
@@ -77,6 +93,7 @@ class OpenMMLabEvaluator:
         self.runner = Runner.from_cfg(cfg)
         self._test_loader_cfg = copy.deepcopy(cfg.test_dataloader)
         self.task: Optional[str] = None  # known after the first evaluation
+        self._reference: Optional[Dict[str, float]] = None  # the first (clean) metrics
 
     def evaluate(self, corruption: Optional[str], severity: int) -> Dict[str, float]:
         loader_cfg = copy.deepcopy(self._test_loader_cfg)
@@ -86,6 +103,15 @@ class OpenMMLabEvaluator:
         test_loop.dataloader = self.runner.build_dataloader(loader_cfg, seed=self.seed)
         logging.getLogger("mmengine").setLevel(self.cfg.log_level)
         metrics = {k: float(v) for k, v in self.runner.test().items() if _is_scalar(v)}
-        if self.task is None:
+        if not metrics:
+            if self._reference is None:
+                raise ValueError(
+                    "the clean test set gave no metrics: mmdet's CocoMetric gives none when the model detects "
+                    "nothing. Is the checkpoint trained? (A weak model may need a lower score threshold, e.g. "
+                    "--cfg-options model.test_cfg.rcnn.score_thr=0.0)")
+            logger.warning(f"{corruption} {severity}: the model detected nothing; its AP is 0")
+            metrics = nothing_detected(self._reference)
+        if self._reference is None:
+            self._reference = metrics
             self.task = task_of_metric(pick_primary_metric(metrics))
         return metrics
