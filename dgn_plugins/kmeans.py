@@ -29,6 +29,7 @@ inside fixed bounds, so plain k-means does not do.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,21 @@ __all__ = [
     "inertia_of",
     "size_constrained_kmeans",
 ]
+
+
+def _compiled():
+    """The compiled inner loops (``dgn_plugins/csrc/kmeans_cpu.cpp``), or None.
+
+    The extension is optional (built by ``pip install --no-build-isolation``);
+    ``DGN_KMEANS_NATIVE=0`` forces the numpy code, which is the reference.
+    """
+    if os.environ.get("DGN_KMEANS_NATIVE", "1").strip() == "0":
+        return None
+    try:
+        from . import _kmeans
+    except ImportError:
+        return None
+    return _kmeans
 
 
 @dataclass(frozen=True)
@@ -136,6 +152,9 @@ def constrained_assignment(sq_distances, size_min, size_max, *, potentials=None,
             raise ValueError(f"potentials must be {n_clusters} finite numbers")
     if previous_labels is not None:
         previous_labels = _check_labels(previous_labels, n_points, n_clusters, None, None)
+    compiled = _compiled()
+    if compiled is not None:
+        return compiled.assign(np.ascontiguousarray(cost), size_min, size_max, potentials, previous_labels)
     return _Transport(cost, size_min, size_max, potentials, previous_labels).solve()
 
 
@@ -292,6 +311,15 @@ def _kmeans_plus_plus(points, n_clusters, rng) -> np.ndarray:
 def _lloyd(points, centers, prev_labels, size_min, size_max, max_iter, shift_tol, potentials=None):
     """One Lloyd run with exact constrained assignments: (best iterate, last prices)."""
     n_clusters = centers.shape[0]
+    compiled = _compiled()
+    if compiled is not None:
+        labels, _, _, n_iter, potentials = compiled.lloyd(
+            points, np.ascontiguousarray(centers), prev_labels, size_min, size_max, max_iter, shift_tol,
+            potentials)
+        # centres and inertia as the numpy code sums them, so results compare exactly
+        centers = _cluster_means(points, labels, n_clusters)
+        run = ConstrainedKMeansResult(labels, centers, _inertia(points, labels, centers), int(n_iter))
+        return run, potentials
     best = None
     if prev_labels is not None:  # a start from labels counts as an iterate
         best = ConstrainedKMeansResult(prev_labels, centers, _inertia(points, prev_labels, centers), 0)
@@ -315,14 +343,16 @@ def _refine(points, run, potentials, size_min, size_max, max_iter, shift_tol, ma
 
     A Lloyd fixed point can still be improved by moving or swapping single points once
     the centre shifts are counted (Hartigan's rule); after such exchanges the centres
-    move, so Lloyd may improve again.  Both steps are monotone.
+    move, so Lloyd may improve again.  Both steps are monotone; a round that gains less
+    than ``1e-9`` of the inertia ends the loop (exchanges and Lloyd's tie-breaking can
+    otherwise trade rounding-level gains for many rounds).
     """
     n_clusters = run.centers.shape[0]
     n_iter = run.n_iter
     for _ in range(max_rounds):
         exchanged = _exchange_descent(points, run.labels, n_clusters, size_min, size_max)
         centers = _cluster_means(points, exchanged, n_clusters)
-        if _inertia(points, exchanged, centers) >= run.inertia:
+        if _inertia(points, exchanged, centers) >= run.inertia * (1.0 - 1e-9):
             break
         again, potentials = _lloyd(points, centers, exchanged, size_min, size_max, max_iter,
                                    shift_tol, potentials)
@@ -376,8 +406,12 @@ def _exchange_descent(points, labels, n_clusters, size_min, size_max, neighbours
     Moving x from a to b changes the inertia by ``s_b/(s_b+1)|x-c_b|^2 - s_a/(s_a-1)|x-c_a|^2``;
     swapping x (in a) with y (in b) by ``|y-c_a|^2 - |x-c_a|^2 - |x-y|^2/s_a`` plus the mirror
     term for b.  Swaps are searched between each cluster and its nearest ``neighbours``.
-    A batch touches every cluster at most once, so its gains add up exactly.
+    A batch touches every cluster at most once, so its gains add up exactly.  (The
+    compiled version applies improving moves and swaps one at a time instead.)
     """
+    compiled = _compiled()
+    if compiled is not None:
+        return compiled.exchange(points, labels, n_clusters, size_min, size_max, neighbours)
     k, n = n_clusters, points.shape[0]
     rows = np.arange(n)
     labels = labels.copy()

@@ -8,10 +8,21 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
+from dgn_plugins import kmeans
 from dgn_plugins.kmeans import (ConstrainedKMeansResult, constrained_assignment, inertia_of,
                                 size_constrained_kmeans)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True, scope="module", params=["compiled", "numpy"])
+def solver_code(request):
+    """Every test runs on the compiled inner loops and on the numpy reference."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGN_KMEANS_NATIVE", "1" if request.param == "compiled" else "0")
+        if request.param == "compiled":
+            require_compiled_code()
+        yield request.param
 
 
 @st.composite
@@ -312,6 +323,41 @@ def test_close_to_k_means_constrained_reference():
     theirs = reference.KMeansConstrained(n_clusters=8, size_min=8, size_max=24, random_state=0).fit(X)
     ours = size_constrained_kmeans(X, 8, 8, 24, seed=0)
     assert ours.inertia <= 1.02 * inertia_of(X, theirs.labels_, 8)
+
+
+def require_compiled_code():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGN_KMEANS_NATIVE", "1")
+        if kmeans._compiled() is None:
+            pytest.skip("dgn_plugins._kmeans is not built (pip install --no-build-isolation -e .)")
+
+
+def test_compiled_and_numpy_code_agree():
+    """Both find the same optimal assignments and the same Lloyd iterates (no ties here)."""
+    require_compiled_code()
+    rng = np.random.default_rng(21)
+    X = clustered_points(600, 2, rng)
+    centers = X[rng.choice(600, 40, replace=False)]
+    cost = ((X[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    runs = {}
+    for flag in ("1", "0"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DGN_KMEANS_NATIVE", flag)
+            labels, prices = constrained_assignment(cost, 10, 20)
+            lloyd, _ = kmeans._lloyd(X, centers, None, 10, 20, 300, 0.0)
+            runs[flag] = (labels, cost[np.arange(600), labels].sum(), lloyd)
+    np.testing.assert_array_equal(runs["1"][0], runs["0"][0])
+    assert runs["1"][1] == pytest.approx(runs["0"][1], rel=1e-12)
+    np.testing.assert_array_equal(runs["1"][2].labels, runs["0"][2].labels)
+    assert runs["1"][2].inertia == pytest.approx(runs["0"][2].inertia, rel=1e-12)
+    assert runs["1"][2].n_iter == runs["0"][2].n_iter
+
+
+def test_switch_selects_the_numpy_code():
+    require_compiled_code()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGN_KMEANS_NATIVE", "0")
+        assert kmeans._compiled() is None
 
 
 # ------------------------------------------------------------------ errors
