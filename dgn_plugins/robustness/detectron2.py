@@ -12,6 +12,8 @@ seed :class:`~dgn_plugins.robustness.transforms.ApplyCorruption` gives it
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -36,9 +38,11 @@ from ..detectron2 import add_dgn_config, build_model, lazy
 from ..detectron2.data import register_datasets_of
 from ..detectron2.launcher import cuda_or_cpu, lazy_dataset_names, is_lazy_config
 from .corruptions import cell_seed, check_corruptions, check_severities, corrupt_image
-from .metrics import pick_primary_metric, task_of_metric
+from .metrics import nothing_detected, pick_primary_metric, task_of_metric
 
 __all__ = ["Detectron2Evaluator", "CorruptImage", "CorruptingMapper", "flatten_results"]
+
+logger = logging.getLogger(__name__)
 
 #: evaluator_type in MetadataCatalog -> (the evaluator, the task the report names).
 _EVALUATORS = {"coco": (COCOEvaluator, "detection"), "sem_seg": (SemSegEvaluator, "segmentation")}
@@ -144,6 +148,7 @@ class Detectron2Evaluator:
             DetectionCheckpointer(self.model).load(weights)
         self.model.eval()
         self.task: Optional[str] = None if self.lazy else self._yacs_task()
+        self._reference: Optional[Dict[str, float]] = None  # the first (clean) metrics
 
     # ------------------------------------------------------------------ configs
     def _load_yacs(self, cfg_options):
@@ -181,8 +186,17 @@ class Detectron2Evaluator:
             return mapper if cell == "clean" else CorruptingMapper(mapper, corruption, severity, self.seed)
 
         metrics = self._evaluate_lazy(mapper_of, cell) if self.lazy else self._evaluate_yacs(mapper_of, cell)
-        if self.task is None:
-            self.task = task_of_metric(pick_primary_metric(metrics))
+        if all(math.isnan(value) for value in metrics.values()):  # COCOEvaluator without a single prediction
+            if self._reference is None:
+                raise ValueError(
+                    "the clean test set gave no predictions (every metric is NaN). Is the checkpoint trained? "
+                    "(A weak model may need a lower score threshold, e.g. --cfg-options "
+                    "MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.0)")
+            logger.warning(f"{cell}: the model predicted nothing; its AP is 0")
+            metrics = nothing_detected(self._reference)
+        if self._reference is None:
+            self._reference = metrics
+            self.task = self.task or task_of_metric(pick_primary_metric(metrics))
         return metrics
 
     def _evaluate_yacs(self, mapper_of, cell: str) -> Dict[str, float]:

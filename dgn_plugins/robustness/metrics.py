@@ -19,7 +19,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import numpy as np
 
 __all__ = ["robustness_summary", "per_corruption_mean", "per_severity_mean", "PRIMARY_METRICS",
-           "pick_primary_metric", "task_of_metric", "display_scale"]
+           "pick_primary_metric", "task_of_metric", "display_scale", "nothing_detected"]
 
 Cells = Mapping[str, Mapping[int, float]]
 
@@ -91,3 +91,14 @@ def display_scale(key: str, values: Iterable[float]) -> Tuple[float, str]:
     if parts[0] in _FRACTION_PREFIXES or max(abs(float(v)) for v in values) <= 1.0:
         return 100.0, "%"
     return 1.0, key
+
+
+def nothing_detected(reference: Mapping[str, float]) -> Dict[str, float]:
+    """The metrics of a cell where the model detected nothing, keyed like ``reference`` (clean).
+
+    Neither toolkit scores that case: mmdet's ``CocoMetric`` returns no
+    metrics ("The testing results of the whole dataset is empty"), Detectron2's
+    ``COCOEvaluator`` NaN. It is AP 0, which a strong corruption can cause;
+    values meaning "no ground truth in that size range" (-1, NaN) stay.
+    """
+    return {key: (value if value == -1.0 or math.isnan(value) else 0.0) for key, value in reference.items()}

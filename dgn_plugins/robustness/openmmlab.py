@@ -11,10 +11,10 @@ import copy
 import logging
 from typing import Dict, List, Optional
 
-from .metrics import pick_primary_metric, task_of_metric
+from .metrics import nothing_detected, pick_primary_metric, task_of_metric
 from .transforms import ApplyCorruption  # noqa: F401  (registers the transform)
 
-__all__ = ["OpenMMLabEvaluator", "insert_corruption", "nothing_detected"]
+__all__ = ["OpenMMLabEvaluator", "insert_corruption"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +36,6 @@ def insert_corruption(dataset_cfg, corruption: str, severity: int, seed: int) ->
     if not loaders:
         raise ValueError(f"no image-loading transform in the test pipeline {types}")
     pipeline.insert(loaders[0] + 1, dict(type="ApplyCorruption", corruption=corruption, severity=severity, seed=seed))
-
-
-def nothing_detected(reference: Dict[str, float]) -> Dict[str, float]:
-    """The metrics of a cell without a single detection, shaped like ``reference``.
-
-    mmdet's ``CocoMetric`` returns no metrics at all when the model detects
-    nothing (it logs "The testing results of the whole dataset is empty"),
-    which a strong corruption can cause. That is AP 0; -1 (no ground truth
-    in that size range) stays -1.
-    """
-    return {key: (value if value == -1.0 else 0.0) for key, value in reference.items()}
 
 
 def _is_scalar(value) -> bool:
@@ -103,7 +92,7 @@ class OpenMMLabEvaluator:
         test_loop.dataloader = self.runner.build_dataloader(loader_cfg, seed=self.seed)
         logging.getLogger("mmengine").setLevel(self.cfg.log_level)
         metrics = {k: float(v) for k, v in self.runner.test().items() if _is_scalar(v)}
-        if not metrics:
+        if not metrics:  # CocoMetric's answer when the model detected nothing
             if self._reference is None:
                 raise ValueError(
                     "the clean test set gave no metrics: mmdet's CocoMetric gives none when the model detects "

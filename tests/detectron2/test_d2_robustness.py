@@ -1,6 +1,7 @@
 """tools/test_robustness.py on a Detectron2 model: a tiny DGN Mask R-CNN trained a few iterations, real COCOEvaluator."""
 import importlib.util
 import json
+import logging
 import math
 import os
 import textwrap
@@ -121,3 +122,28 @@ def test_lazy_config_sweeps_through_its_dataloader_and_evaluator(synthetic_coco_
     noisy_predictions = torch.load(tmp_path / "eval" / "instances_predictions.pth")
     assert evaluator.task == "detection" and {"bbox/AP", "segm/AP"} <= set(clean) and set(noisy) == set(clean)
     assert any(a["instances"] != b["instances"] for a, b in zip(clean_predictions, noisy_predictions))
+
+
+def test_a_cell_without_predictions_scores_zero_and_a_clean_set_without_any_is_refused(trained, tmp_path):
+    config, checkpoint = trained
+    evaluator = Detectron2Evaluator(str(config), str(checkpoint), str(tmp_path),
+                                    cfg_options=["MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.0"])
+    clean = evaluator.evaluate(None, 0)
+    # a score threshold no box passes: COCOEvaluator's NaN, as when a corruption blinds the model
+    evaluator.model.roi_heads.box_predictor.test_score_thresh = 1.01
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("dgn_plugins").addHandler(handler)  # Detectron2's loggers do not propagate
+    try:
+        blind = evaluator.evaluate("fog", 5)
+    finally:
+        logging.getLogger("dgn_plugins").removeHandler(handler)
+    assert "fog_5: the model predicted nothing; its AP is 0" in messages
+    assert set(blind) == set(clean) and blind["bbox/AP"] == 0.0 and blind["segm/AP"] == 0.0
+    assert all(math.isnan(blind[k]) for k, v in clean.items() if math.isnan(v))  # no ground truth stays NaN
+
+    refused = Detectron2Evaluator(str(config), str(checkpoint), str(tmp_path / "refused"),
+                                  cfg_options={"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.01})
+    with pytest.raises(ValueError, match="no predictions"):
+        refused.evaluate(None, 0)
