@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import uuid
 from typing import Dict, List, Optional
 
 from .metrics import nothing_detected, pick_primary_metric, task_of_metric
@@ -71,6 +72,10 @@ class OpenMMLabEvaluator:
         cfg.load_from = checkpoint
         cfg.resume = False
         cfg.log_level = log_level
+        if isinstance(cfg.get("visualizer"), dict):
+            # The toolkits call theirs 'visualizer', a process-wide instance: a second model's
+            # Runner would get the first one back and write into the first model's work_dir.
+            cfg.visualizer.name = f"robustness-{uuid.uuid4().hex[:8]}"
         # Only testing: drop training pieces that would make the Runner demand data or build optimisers.
         # (the Runner refuses a param_scheduler without an optim_wrapper)
         for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler",

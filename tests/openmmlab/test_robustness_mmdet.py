@@ -90,3 +90,4 @@ def test_a_cell_without_detections_scores_zero_and_a_clean_set_without_any_is_re
                                  cfg_options={"model.test_cfg.rcnn.score_thr": 1.01})
     with pytest.raises(ValueError, match="detects nothing"):
         refused.evaluate(None, 0)
+    assert refused.runner.visualizer is not evaluator.runner.visualizer  # each writes into its own work_dir
