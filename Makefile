@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup ext demo test bench clean
 
 setup: $(STAMP)
 
@@ -23,13 +23,20 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt
 	# the torch above, hence no build isolation.
 	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation "mmcv==2.1.0"
 	$(PIP) install -q -r requirements/toolkits.txt -r requirements/tests.txt
-	$(PIP) install -q --no-deps -e .
+	# No build isolation: setup.py builds the native CPU kernels (dgn_plugins._C)
+	# against the torch installed above (without torch it installs pure Python).
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	# Resolving packages that depend on torch lets pip upgrade setuptools
 	# (torch asks for >=77), which drops pkg_resources; mmengine imports it to
 	# resolve `mmdet::`/`mmseg::` config inheritance. Pin it back, last.
 	$(PIP) install -q "setuptools<70"
 	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, dgn_plugins"
+	$(PY) -c "from dgn_plugins.kernels import cpu_native as m; print('dgn_plugins._C (native CPU kernels): ' + ('built' if m.is_available() else 'NOT built, CPU falls back to slower paths: ' + str(m.import_error())))"
 	touch $(STAMP)
+
+# Rebuild the native CPU kernels after editing dgn_plugins/csrc.
+ext: setup
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 
 demo: setup
 	$(PY) tools/demo.py
@@ -42,4 +49,4 @@ bench: setup
 	$(PY) bench/bench_kmeans.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info dgn_plugins/_C*.so

@@ -13,8 +13,9 @@ Statistics are computed in float32 for float16/bfloat16 inputs (float64 for
 float64) and the output has the input's dtype.
 
 The functions below dispatch to a fused fast path when one applies
-(:mod:`dgn_plugins.kernels`: Triton on CUDA, ``torch.compile`` on large CPU
-inputs; ``DGN_BACKEND=auto|torch|compile|triton`` chooses) with the same
+(:mod:`dgn_plugins.kernels`: Triton on CUDA, the C++ extension on the CPU,
+``torch.compile`` for CPU inputs it does not run;
+``DGN_BACKEND=auto|torch|native|compile|triton`` chooses) with the same
 outputs and gradients; the plain ops here stay the reference.
 ``group_norm_by_assignment`` is the export formulation: standard operators
 only, for TorchScript, tracing, ``torch.export`` and ONNX.
@@ -257,7 +258,9 @@ def dynamic_group_norm_with_stats(
             layout = GroupLayout.from_group_ids(group_id.to(x.device), num_groups)
         y, channel_mean, channel_var = dynamic_group_norm_triton(x, layout, weight, bias, eps)
     else:
-        if backend == "compile":
+        if backend == "native":
+            from .kernels.cpu_native import NativeDynamicGroupNormFunction as function
+        elif backend == "compile":
             from .kernels.cpu_compiled import CompiledDynamicGroupNormFunction as function
         else:
             function = _DynamicGroupNormFunction

@@ -97,14 +97,22 @@ def test_new_shapes_reuse_the_compiled_code(monkeypatch):
 
 
 def test_auto_takes_the_fast_path_only_where_it_pays(monkeypatch):
+    """Without the native extension (or for inputs it does not run), auto compiles only large inputs."""
+    from dgn_plugins.kernels import cpu_native
+
     monkeypatch.setenv("DGN_BACKEND", "auto")
     side = int((COMPILE_MIN_ELEMENTS / 64) ** 0.5) + 1
     large = torch.randn(1, 64, side, side)
-    assert select_backend(large) == "compile"
+    large_channels_last = large.contiguous(memory_format=torch.channels_last)
+    # Inputs the extension does not run, whether it is built or not.
+    assert select_backend(large_channels_last) == "compile"
     assert select_backend(large.bfloat16()) == "compile"
-    assert select_backend(large.double()) == "torch"  # float64 stays the reference
-    assert select_backend(torch.randn(2, 64, 8, 8)) == "torch"  # not worth a compilation
+    assert select_backend(torch.randn(2, 64, 8, 8).bfloat16()) == "torch"  # not worth a compilation
     assert select_backend(torch.randn(0, 64, side, side)) == "torch"
+    monkeypatch.setattr(cpu_native, "_C", None)  # as in a pure-Python install
+    assert select_backend(large) == "compile"
+    assert select_backend(large.double()) == "torch"  # float64 stays the reference
+    assert select_backend(torch.randn(2, 64, 8, 8)) == "torch"
     monkeypatch.setenv("DGN_BACKEND", "torch")
     assert select_backend(large) == "torch"
     monkeypatch.setenv("DGN_BACKEND", "fastest")

@@ -1,4 +1,9 @@
-"""The math: dynamic_group_norm against nn.GroupNorm and a float64 reference."""
+"""The math: dynamic_group_norm against nn.GroupNorm and a float64 reference.
+
+Every test runs on the plain PyTorch path (the reference) and on the native
+C++ extension (skipped where it is not built); other memory formats, dtypes
+and empty inputs take the plain path under either setting.
+"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from dgn_plugins.kernels import native_available
 from dgn_plugins.layout import default_group_ids
 from reference import group_norm_reference, random_group_ids
+
+
+@pytest.fixture(autouse=True, params=["torch", "native"])
+def backend(request, monkeypatch):
+    """DGN_BACKEND for the test: the plain path or the native extension."""
+    if request.param == "native" and not native_available():
+        pytest.skip("the native extension dgn_plugins._C is not built (pip install --no-build-isolation -e .)")
+    monkeypatch.setenv("DGN_BACKEND", request.param)
+    return request.param
 
 
 def _affine(channels, dtype=torch.float32):

@@ -4,7 +4,11 @@ Backends, all with the plain path's inputs, outputs and saved tensors:
 
 ``torch``
     the plain PyTorch ops of :mod:`dgn_plugins.functional`: the reference,
-    always available, and the only one for float64 or empty inputs by default.
+    always available.
+``native``
+    :mod:`.cpu_native`: the C++ extension ``dgn_plugins._C`` (contiguous
+    float32 / float64 CPU inputs; built at install time, no run-time
+    compilation).
 ``compile``
     :mod:`.cpu_compiled`: the same math compiled by ``torch.compile`` into a
     fused forward and a fused backward (CPU, or any device Inductor supports).
@@ -15,31 +19,37 @@ Backends, all with the plain path's inputs, outputs and saved tensors:
 ``DGN_BACKEND`` (read on every call) chooses:
 
 ``auto`` (default)
-    CUDA tensors take ``triton`` when Triton imports; CPU tensors of at least
-    ``COMPILE_MIN_ELEMENTS`` elements in float32 / bfloat16 / float16 take
+    CUDA tensors take ``triton`` when Triton imports; CPU tensors that
+    ``native`` runs take it when the extension is built (any size); other
+    CPU tensors of at least ``COMPILE_MIN_ELEMENTS`` elements in float32 /
+    bfloat16 / float16 (channels_last, half precision, or no extension) take
     ``compile`` (smaller ones are not worth a compilation); anything else,
-    and whatever runs under TorchScript, tracing or ``torch.export``, takes
-    ``torch``. A backend that fails to build falls back to ``torch`` with one
-    warning.
-``torch`` | ``compile`` | ``triton``
+    and whatever runs under TorchScript, tracing, ``torch.export`` or
+    ``torch.compile``, takes ``torch``. A backend that fails to build falls
+    back to ``torch`` with one warning.
+``torch`` | ``native`` | ``compile`` | ``triton``
     that backend for every non-empty input; ``triton`` raises if Triton cannot
-    run the input (not CUDA and not interpreting).
+    run the input (not CUDA and not interpreting); ``native`` takes ``torch``
+    for inputs it does not run, and warns once if the extension is missing.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
-__all__ = ["BACKENDS", "COMPILE_MIN_ELEMENTS", "requested_backend", "select_backend", "triton_available"]
+__all__ = ["BACKENDS", "COMPILE_MIN_ELEMENTS", "native_available", "requested_backend", "select_backend",
+           "triton_available"]
 
-BACKENDS = ("auto", "torch", "compile", "triton")
+BACKENDS = ("auto", "torch", "native", "compile", "triton")
 
 #: Below this many elements ``auto`` keeps CPU inputs on the plain path.
 COMPILE_MIN_ELEMENTS = 1 << 18
 
 _triton_import_error: "str | None" = None
 _triton_checked = False
+_native_warned = False
 
 
 def requested_backend() -> str:
@@ -61,6 +71,30 @@ def triton_available() -> bool:
     return _triton_import_error is None
 
 
+def native_available() -> bool:
+    """True when the C++ extension ``dgn_plugins._C`` imports (see :mod:`.cpu_native`)."""
+    from .cpu_native import is_available
+
+    return is_available()
+
+
+def _native_can_run(x: torch.Tensor) -> bool:
+    from .cpu_native import is_available, supports
+
+    return is_available() and supports(x)
+
+
+def _warn_native_missing() -> None:
+    global _native_warned
+    if not _native_warned:
+        _native_warned = True
+        from .cpu_native import import_error
+
+        warnings.warn(f"DGN_BACKEND=native but the extension dgn_plugins._C is not available ({import_error()}); "
+                      "using plain PyTorch ops. Build it with `pip install --no-build-isolation -e .`",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _triton_can_run(x: torch.Tensor) -> bool:
     if not triton_available():
         return False
@@ -74,7 +108,7 @@ def _tracing() -> bool:
 
 
 def select_backend(x: torch.Tensor) -> str:
-    """``"torch"``, ``"compile"`` or ``"triton"`` for this input, per ``DGN_BACKEND``."""
+    """``"torch"``, ``"native"``, ``"compile"`` or ``"triton"`` for this input, per ``DGN_BACKEND``."""
     requested = requested_backend()
     if requested == "torch" or x.numel() == 0:
         return "torch"
@@ -84,6 +118,10 @@ def select_backend(x: torch.Tensor) -> str:
                 f"input on {x.device} (Triton runs CUDA tensors, or CPU ones when TRITON_INTERPRET=1)")
             raise RuntimeError(f"DGN_BACKEND=triton but Triton cannot run this input: {reason}")
         return "triton"
+    if requested == "native":
+        if not native_available():
+            _warn_native_missing()
+        return "native" if _native_can_run(x) else "torch"
     if requested == "compile":
         from .cpu_compiled import is_available
 
@@ -93,7 +131,11 @@ def select_backend(x: torch.Tensor) -> str:
         return "torch"
     if x.is_cuda:
         return "triton" if _triton_can_run(x) else "torch"
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+    if x.device.type != "cpu":
+        return "torch"
+    if _native_can_run(x) and not torch.compiler.is_compiling():
+        return "native"
+    if x.dtype in (torch.float32, torch.bfloat16, torch.float16):
         if x.numel() >= COMPILE_MIN_ELEMENTS:
             from .cpu_compiled import is_available
 

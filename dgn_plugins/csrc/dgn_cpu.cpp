@@ -1,0 +1,484 @@
+// dgn_plugins._C: the native CPU kernels of Dynamic Group Normalization.
+//
+// Contiguous (N, C, *) float32 / float64 tensors, one row per (sample,
+// channel). Forward: a statistics pass over every row (mean and variance,
+// see row_moments), [N, C] -> [N, K] group statistics in double, one apply
+// pass y = (x - mean_c) * scale_c + shift_c. Backward: one reduction pass
+// (sum dy, sum dy * (x - group mean)), [N, C] / [N, K] math in double, one
+// apply pass for dx. GN's memory traffic; rows are split across threads with
+// at::parallel_for. The row loops are compiled for AVX-512, AVX2 and the
+// baseline and picked at load time from what the CPU supports.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+struct RowKernels {
+  void (*moments_f)(const float*, int64_t, double*, double*);
+  void (*moments_d)(const double*, int64_t, double*, double*);
+  void (*affine_f)(const float*, float*, int64_t, float, float, float);
+  void (*affine_d)(const double*, double*, int64_t, double, double, double);
+  void (*grad_sums_f)(const float*, const float*, int64_t, float, double*, double*);
+  void (*grad_sums_d)(const double*, const double*, int64_t, double, double*, double*);
+  void (*grad_input_f)(const float*, const float*, float*, int64_t, float, float, float, float);
+  void (*grad_input_d)(const double*, const double*, double*, int64_t, double, double, double, double);
+};
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DGN_X86_VARIANTS 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
+namespace dgn_avx512 {
+#define DGN_VEC_BYTES 64
+#include "dgn_rows.h"
+#undef DGN_VEC_BYTES
+}  // namespace dgn_avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace dgn_avx2 {
+#define DGN_VEC_BYTES 32
+#include "dgn_rows.h"
+#undef DGN_VEC_BYTES
+}  // namespace dgn_avx2
+#pragma GCC pop_options
+#endif
+
+namespace dgn_baseline {
+#define DGN_VEC_BYTES 16
+#include "dgn_rows.h"
+#undef DGN_VEC_BYTES
+}  // namespace dgn_baseline
+
+namespace {
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> isas;
+#ifdef DGN_X86_VARIANTS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+    isas.push_back("avx512");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isas.push_back("avx2");
+#endif
+  isas.push_back("baseline");
+  return isas;
+}
+
+RowKernels kernels_for(const std::string& isa) {
+#ifdef DGN_X86_VARIANTS
+  if (isa == "avx512") return dgn_avx512::kernels();
+  if (isa == "avx2") return dgn_avx2::kernels();
+#endif
+  return dgn_baseline::kernels();
+}
+
+std::string g_isa = supported_isas().front();
+RowKernels g_kernels = kernels_for(g_isa);
+
+// Use the row loops of `isa` ("" = the best the CPU supports); returns the one in use.
+std::string set_isa(const std::string& isa) {
+  auto isas = supported_isas();
+  std::string chosen = isa.empty() ? isas.front() : isa;
+  TORCH_CHECK(std::find(isas.begin(), isas.end(), chosen) != isas.end(), "instruction set '", chosen,
+              "' is not supported on this CPU");
+  g_isa = chosen;
+  g_kernels = kernels_for(chosen);
+  return g_isa;
+}
+
+// Rows per task: about 32K elements each, at least one row.
+int64_t grain_rows(int64_t row_size) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_size));
+}
+
+// A small ([C], [K], [N, K]) tensor's values as doubles, read directly for the usual dtypes
+// (a tensor op costs microseconds, which add up over the layers of a network).
+std::vector<double> doubles(const at::Tensor& t) {
+  std::vector<double> out(t.numel());
+  if (t.device().is_cpu() && t.is_contiguous()) {
+    switch (t.scalar_type()) {
+      case at::kFloat: std::copy_n(t.data_ptr<float>(), out.size(), out.begin()); return out;
+      case at::kDouble: std::copy_n(t.data_ptr<double>(), out.size(), out.begin()); return out;
+      case at::kLong: std::copy_n(t.data_ptr<int64_t>(), out.size(), out.begin()); return out;
+      case at::kInt: std::copy_n(t.data_ptr<int32_t>(), out.size(), out.begin()); return out;
+      default: break;
+    }
+  }
+  at::Tensor d = t.to(at::kDouble).contiguous().cpu();
+  std::copy_n(d.data_ptr<double>(), out.size(), out.begin());
+  return out;
+}
+
+// A [C] tensor of `dtype` holding `values`.
+at::Tensor tensor_of(const std::vector<double>& values, at::ScalarType dtype) {
+  const int64_t size = int64_t(values.size());
+  if (dtype == at::kFloat || dtype == at::kDouble) {
+    at::Tensor out = at::empty({size}, at::TensorOptions().dtype(dtype));
+    if (dtype == at::kFloat) std::copy_n(values.begin(), size, out.data_ptr<float>());
+    else std::copy_n(values.begin(), size, out.data_ptr<double>());
+    return out;
+  }
+  at::Tensor out = at::empty({size}, at::TensorOptions().dtype(at::kDouble));
+  std::copy_n(values.begin(), size, out.data_ptr<double>());
+  return out.to(dtype);
+}
+
+const int64_t* checked_group_ids(const at::Tensor& group_id, int64_t channels, int64_t num_groups) {
+  TORCH_CHECK(group_id.scalar_type() == at::kLong && group_id.is_contiguous() && group_id.numel() == channels,
+              "group_id must be a contiguous int64 tensor of ", channels, " channels");
+  const int64_t* ids = group_id.data_ptr<int64_t>();
+  for (int64_t c = 0; c < channels; ++c)
+    TORCH_CHECK(ids[c] >= 0 && ids[c] < num_groups, "group_id[", c, "] = ", ids[c], " is outside [0, ", num_groups,
+                ")");
+  return ids;
+}
+
+void check_input(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "dgn_plugins._C: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "dgn_plugins._C: float32 or float64 input expected, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2 && x.is_contiguous() && x.numel() > 0,
+              "dgn_plugins._C: a non-empty contiguous (N, C, *) input expected");
+}
+
+template <typename T>
+void row_moments(const T* x, int64_t size, double* mean, double* var);
+template <>
+void row_moments<float>(const float* x, int64_t size, double* mean, double* var) {
+  g_kernels.moments_f(x, size, mean, var);
+}
+template <>
+void row_moments<double>(const double* x, int64_t size, double* mean, double* var) {
+  g_kernels.moments_d(x, size, mean, var);
+}
+
+template <typename T>
+void row_affine(const T* x, T* y, int64_t size, T center, T scale, T shift);
+template <>
+void row_affine<float>(const float* x, float* y, int64_t size, float center, float scale, float shift) {
+  g_kernels.affine_f(x, y, size, center, scale, shift);
+}
+template <>
+void row_affine<double>(const double* x, double* y, int64_t size, double center, double scale, double shift) {
+  g_kernels.affine_d(x, y, size, center, scale, shift);
+}
+
+template <typename T>
+void row_grad_sums(const T* dy, const T* x, int64_t size, T center, double* sum_dy, double* sum_dy_xc);
+template <>
+void row_grad_sums<float>(const float* dy, const float* x, int64_t size, float center, double* a, double* b) {
+  g_kernels.grad_sums_f(dy, x, size, center, a, b);
+}
+template <>
+void row_grad_sums<double>(const double* dy, const double* x, int64_t size, double center, double* a, double* b) {
+  g_kernels.grad_sums_d(dy, x, size, center, a, b);
+}
+
+template <typename T>
+void row_grad_input(const T* dy, const T* x, T* dx, int64_t size, T a, T center, T b, T c);
+template <>
+void row_grad_input<float>(const float* dy, const float* x, float* dx, int64_t size, float a, float center, float b,
+                           float c) {
+  g_kernels.grad_input_f(dy, x, dx, size, a, center, b, c);
+}
+template <>
+void row_grad_input<double>(const double* dy, const double* x, double* dx, int64_t size, double a, double center,
+                            double b, double c) {
+  g_kernels.grad_input_d(dy, x, dx, size, a, center, b, c);
+}
+
+// The grouping, indexed for the loops: group k is channels members[offsets[k] ..
+// offsets[k + 1]) (counting sort); row r = (i, c) belongs to group entry row_group[r] = i * K + ids[c].
+struct Members {
+  std::vector<int64_t> members, offsets, row_group;
+  Members(const int64_t* ids, int64_t n, int64_t channels, int64_t num_groups)
+      : members(channels), offsets(num_groups + 1, 0), row_group(n * channels) {
+    for (int64_t c = 0; c < channels; ++c) ++offsets[ids[c] + 1];
+    for (int64_t k = 0; k < num_groups; ++k) offsets[k + 1] += offsets[k];
+    std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+    for (int64_t c = 0; c < channels; ++c) members[next[ids[c]]++] = c;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < channels; ++c) row_group[i * channels + c] = i * num_groups + ids[c];
+  }
+};
+
+// f(r, c) for rows r in [begin, end), c = r % channels (without a division per row).
+template <typename F>
+void for_rows(int64_t begin, int64_t end, int64_t channels, const F& f) {
+  int64_t c = begin % channels;
+  for (int64_t r = begin; r < end; ++r) {
+    f(r, c);
+    if (++c == channels) c = 0;
+  }
+}
+
+const double* optional_doubles(const c10::optional<at::Tensor>& t, std::vector<double>& holder) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  holder = doubles(*t);
+  return holder.data();
+}
+
+template <typename T>
+std::vector<at::Tensor> forward_impl(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                     const c10::optional<at::Tensor>& bias, const int64_t* ids,
+                                     const double* count, int64_t num_groups, double eps) {
+  const int64_t n = x.size(0), channels = x.size(1), rows = n * channels;
+  const int64_t size = x.numel() / rows;
+  const Members groups(ids, n, channels, num_groups);
+  std::vector<double> w_holder, b_holder;
+  const double* wp = optional_doubles(weight, w_holder);
+  const double* bp = optional_doubles(bias, b_holder);
+
+  at::Tensor y = at::empty_like(x);
+  at::Tensor channel_mean = at::empty({n, channels}, x.options());
+  at::Tensor channel_var = at::empty({n, channels}, x.options());
+  at::Tensor group_mean_t = at::empty({n, num_groups}, x.options());
+  at::Tensor group_rstd_t = at::empty({n, num_groups}, x.options());
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  T* cm = channel_mean.data_ptr<T>();
+  T* cv = channel_var.data_ptr<T>();
+  T* gm_out = group_mean_t.data_ptr<T>();
+  T* rstd_out = group_rstd_t.data_ptr<T>();
+  std::vector<double> mean(rows), var(rows), group_mean(n * num_groups), group_rstd(n * num_groups);
+
+  auto row_stats = [&](int64_t r) {
+    row_moments<T>(xp + r * size, size, &mean[r], &var[r]);
+    cm[r] = T(mean[r]);
+    cv[r] = T(var[r]);
+  };
+  // Group mean = mean of its channel means; variance = mean of (var_c + (mean_c - group mean)^2).
+  auto group_stats = [&](int64_t i, int64_t k) {
+    const int64_t* first = groups.members.data() + groups.offsets[k];
+    const int64_t* last = groups.members.data() + groups.offsets[k + 1];
+    double sum = 0.0, spread = 0.0;
+    for (const int64_t* c = first; c < last; ++c) sum += mean[i * channels + *c];
+    const double gm = sum / count[k];
+    for (const int64_t* c = first; c < last; ++c) {
+      const double d = mean[i * channels + *c] - gm;
+      spread += var[i * channels + *c] + d * d;
+    }
+    const double rstd = 1.0 / std::sqrt(spread / count[k] + eps);
+    group_mean[i * num_groups + k] = gm;
+    group_rstd[i * num_groups + k] = rstd;
+    gm_out[i * num_groups + k] = T(gm);
+    rstd_out[i * num_groups + k] = T(rstd);
+  };
+  // y = (x - m_c) * scale + shift with m_c the channel mean in T (x - m_c is exact
+  // when they are close), scale = rstd * w, shift = (m_c - group mean) * scale + b.
+  auto apply_row = [&](int64_t r, int64_t c) {
+    const int64_t g = groups.row_group[r];
+    double scale = group_rstd[g];
+    if (wp) scale *= wp[c];
+    double shift = (double(cm[r]) - group_mean[g]) * scale;
+    if (bp) shift += bp[c];
+    row_affine<T>(xp + r * size, yp + r * size, size, cm[r], T(scale), T(shift));
+  };
+
+  // Statistics pass and apply pass each split over rows; the [N, K] math between them is tiny.
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row_stats(r);
+  });
+  for (int64_t item = 0; item < n * num_groups; ++item) group_stats(item / num_groups, item % num_groups);
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    for_rows(begin, end, channels, apply_row);
+  });
+  return {y, channel_mean, channel_var, group_mean_t, group_rstd_t};
+}
+
+// (y, channel_mean [N, C], channel_var [N, C], group_mean [N, K], group_rstd [N, K]).
+std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                const c10::optional<at::Tensor>& bias, const at::Tensor& group_id,
+                                const at::Tensor& group_count, int64_t num_groups, double eps) {
+  check_input(x);
+  const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
+  const std::vector<double> count = doubles(group_count);
+  TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
+  if (x.scalar_type() == at::kDouble)
+    return forward_impl<double>(x, weight, bias, ids, count.data(), num_groups, eps);
+  return forward_impl<float>(x, weight, bias, ids, count.data(), num_groups, eps);
+}
+
+template <typename T>
+std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                      const at::Tensor& group_mean, const at::Tensor& group_rstd, const int64_t* ids,
+                                      const double* count, int64_t num_groups, bool needs_dx, bool needs_dweight,
+                                      bool needs_dbias) {
+  const int64_t n = x.size(0), channels = x.size(1), rows = n * channels;
+  const int64_t size = x.numel() / rows;
+  const Members groups(ids, n, channels, num_groups);
+  std::vector<double> w_holder;
+  const double* wp = optional_doubles(weight, w_holder);
+  const T* xp = x.data_ptr<T>();
+  const T* gp = dy.data_ptr<T>();
+  std::vector<T> gm(group_mean.numel());  // the saved mean: x_hat = (x - gm) * rstd
+  const std::vector<double> group_mean_d = doubles(group_mean);
+  std::copy(group_mean_d.begin(), group_mean_d.end(), gm.begin());
+  const std::vector<double> rstd = doubles(group_rstd);
+  at::Tensor dx = needs_dx ? at::empty_like(x) : at::Tensor();
+  T* dxp = needs_dx ? dx.data_ptr<T>() : nullptr;
+  std::vector<double> sum_dy(rows), sum_dy_xhat(rows), coef_x(n * num_groups), coef_const(n * num_groups);
+
+  // Per row: sum(dy) and sum(dy * x_hat).
+  auto row_sums = [&](int64_t r) {
+    const int64_t g = groups.row_group[r];
+    row_grad_sums<T>(gp + r * size, xp + r * size, size, gm[g], &sum_dy[r], &sum_dy_xhat[r]);
+    sum_dy_xhat[r] *= rstd[g];
+  };
+  // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size elements.
+  auto group_coefs = [&](int64_t i, int64_t k) {
+    double wdy = 0.0, wdy_xhat = 0.0;
+    for (int64_t j = groups.offsets[k]; j < groups.offsets[k + 1]; ++j) {
+      const int64_t c = groups.members[j], r = i * channels + c;
+      const double wc = wp ? wp[c] : 1.0;
+      wdy += sum_dy[r] * wc;
+      wdy_xhat += sum_dy_xhat[r] * wc;
+    }
+    const int64_t g = i * num_groups + k;
+    const double elements = count[k] * double(size);
+    coef_x[g] = -rstd[g] * rstd[g] * (wdy_xhat / elements);
+    coef_const[g] = -rstd[g] * (wdy / elements);
+  };
+  auto dx_row = [&](int64_t r, int64_t c) {
+    const int64_t g = groups.row_group[r];
+    const double coef_dy = wp ? rstd[g] * wp[c] : rstd[g];
+    row_grad_input<T>(gp + r * size, xp + r * size, dxp + r * size, size, T(coef_dy), gm[g], T(coef_x[g]),
+                      T(coef_const[g]));
+  };
+
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row_sums(r);
+  });
+  if (needs_dx) {
+    for (int64_t item = 0; item < n * num_groups; ++item) group_coefs(item / num_groups, item % num_groups);
+    at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+      for_rows(begin, end, channels, dx_row);
+    });
+  }
+
+  std::vector<at::Tensor> out(3);
+  out[0] = dx;
+  if (needs_dweight || needs_dbias) {
+    std::vector<double> dw(channels, 0.0), db(channels, 0.0);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < channels; ++c) {
+        dw[c] += sum_dy_xhat[i * channels + c];
+        db[c] += sum_dy[i * channels + c];
+      }
+    const auto param_dtype = wp ? weight->scalar_type() : dy.scalar_type();
+    if (needs_dweight) out[1] = tensor_of(dw, param_dtype);
+    if (needs_dbias) out[2] = tensor_of(db, param_dtype);
+  }
+  return out;
+}
+
+// (dx or None, dweight or None, dbias or None).
+std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                 const at::Tensor& group_mean, const at::Tensor& group_rstd,
+                                 const at::Tensor& group_id, const at::Tensor& group_count, int64_t num_groups,
+                                 bool needs_dx, bool needs_dweight, bool needs_dbias) {
+  check_input(x);
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type() && dy.is_contiguous(),
+              "dgn_plugins._C: grad_output must be contiguous, with the input's shape and dtype");
+  TORCH_CHECK(group_mean.numel() == x.size(0) * num_groups && group_rstd.numel() == x.size(0) * num_groups,
+              "group statistics must be [N, K]");
+  const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
+  const std::vector<double> count = doubles(group_count);
+  TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
+  if (x.scalar_type() == at::kDouble)
+    return backward_impl<double>(dy, x, weight, group_mean, group_rstd, ids, count.data(), num_groups,
+                                 needs_dx, needs_dweight, needs_dbias);
+  return backward_impl<float>(dy, x, weight, group_mean, group_rstd, ids, count.data(), num_groups,
+                              needs_dx, needs_dweight, needs_dbias);
+}
+
+template <typename R, typename S>
+void ema_impl(R* running_mean, R* running_var, const S* mean, const S* var, int64_t n, int64_t channels,
+              bool first, double momentum) {
+  auto lerp = [momentum](double start, double end) {  // torch.lerp's formula
+    return momentum < 0.5 ? start + momentum * (end - start) : end - (end - start) * (1.0 - momentum);
+  };
+  for (int64_t c = 0; c < channels; ++c) {
+    double batch_mean = 0.0;
+    for (int64_t i = 0; i < n; ++i) batch_mean += double(mean[i * channels + c]);
+    batch_mean /= double(n);
+    double batch_var = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = double(mean[i * channels + c]) - batch_mean;
+      batch_var += double(var[i * channels + c]) + d * d;
+    }
+    batch_var /= double(n);
+    const double batch[2] = {double(R(batch_mean)), double(R(batch_var))};
+    R* running[2] = {running_mean + c, running_var + c};
+    for (int j = 0; j < 2; ++j) {
+      const R updated = first ? R(batch[j]) : R(lerp(double(*running[j]), batch[j]));
+      if (std::isfinite(double(updated))) *running[j] = updated;
+    }
+  }
+}
+
+// The layer's running channel statistics, in place: the first update copies the
+// batch statistics, later ones lerp by `momentum`; non-finite values leave the
+// running ones unchanged; num_updates += 1.
+void ema_update_(at::Tensor running_mean, at::Tensor running_var, at::Tensor num_updates,
+                 const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&running_mean, &running_var, &num_updates,
+                                                                    &channel_mean, &channel_var})
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(), "ema_update_: contiguous CPU tensors expected");
+  const auto rtype = running_mean.scalar_type(), stype = channel_mean.scalar_type();
+  TORCH_CHECK(running_var.scalar_type() == rtype && (rtype == at::kFloat || rtype == at::kDouble),
+              "ema_update_: float32 or float64 running statistics expected");
+  TORCH_CHECK(channel_var.scalar_type() == stype && (stype == at::kFloat || stype == at::kDouble),
+              "ema_update_: float32 or float64 batch statistics expected");
+  TORCH_CHECK(num_updates.scalar_type() == at::kLong && num_updates.numel() == 1, "ema_update_: int64 counter expected");
+  TORCH_CHECK(channel_mean.dim() == 2 && channel_mean.sizes() == channel_var.sizes() &&
+                  channel_mean.size(1) == running_mean.numel() && running_var.numel() == running_mean.numel(),
+              "ema_update_: statistics of mismatched shapes");
+  const int64_t n = channel_mean.size(0), channels = channel_mean.size(1);
+  TORCH_CHECK(n > 0, "ema_update_: empty batch");
+  int64_t* counter = num_updates.data_ptr<int64_t>();
+  const bool first = *counter == 0;
+  if (rtype == at::kFloat && stype == at::kFloat)
+    ema_impl(running_mean.data_ptr<float>(), running_var.data_ptr<float>(), channel_mean.data_ptr<float>(),
+             channel_var.data_ptr<float>(), n, channels, first, momentum);
+  else if (rtype == at::kFloat)
+    ema_impl(running_mean.data_ptr<float>(), running_var.data_ptr<float>(), channel_mean.data_ptr<double>(),
+             channel_var.data_ptr<double>(), n, channels, first, momentum);
+  else if (stype == at::kFloat)
+    ema_impl(running_mean.data_ptr<double>(), running_var.data_ptr<double>(), channel_mean.data_ptr<float>(),
+             channel_var.data_ptr<float>(), n, channels, first, momentum);
+  else
+    ema_impl(running_mean.data_ptr<double>(), running_var.data_ptr<double>(), channel_mean.data_ptr<double>(),
+             channel_var.data_ptr<double>(), n, channels, first, momentum);
+  *counter += 1;
+  for (at::Tensor* t : std::initializer_list<at::Tensor*>{&running_mean, &running_var, &num_updates})
+    t->unsafeGetTensorImpl()->bump_version();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Native CPU kernels of Dynamic Group Normalization (see dgn_plugins/kernels/cpu_native.py)";
+  m.def("forward", &forward, "DGN forward: (y, channel_mean, channel_var, group_mean, group_rstd)", py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("group_id"), py::arg("group_count"), py::arg("num_groups"),
+        py::arg("eps"));
+  m.def("backward", &backward, "DGN backward: (dx, dweight, dbias), None where not needed", py::arg("grad_y"),
+        py::arg("x"), py::arg("weight"), py::arg("group_mean"), py::arg("group_rstd"), py::arg("group_id"),
+        py::arg("group_count"), py::arg("num_groups"), py::arg("needs_dx"), py::arg("needs_dweight"),
+        py::arg("needs_dbias"));
+  m.def("ema_update_", &ema_update_, "In-place EMA of the layer's running channel statistics");
+  m.def("supported_isas", &supported_isas, "Instruction sets the row loops can use on this CPU, best first");
+  m.def("set_isa", &set_isa, "Use one instruction set's row loops ('' = best); returns the one in use",
+        py::arg("isa") = "");
+  m.def("isa", []() { return g_isa; }, "Instruction set of the row loops in use");
+}

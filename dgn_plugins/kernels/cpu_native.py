@@ -1,0 +1,85 @@
+"""Native CPU path: the C++ extension ``dgn_plugins._C`` (source in ``dgn_plugins/csrc``).
+
+It runs contiguous float32 / float64 (N, C, *) inputs with native GN's memory
+traffic: the forward makes one statistics pass over ``x`` (per-row mean and
+variance, two-pass within the cached row, float sums flushed to double) and
+one pass writing ``y = (x - mean_c) * scale_c + shift_c``; the backward one
+pass for ``sum(dy)`` and ``sum(dy * (x - group mean))`` and one writing
+``dx``. Everything between, on [N, C] / [N, K], is in float64, as in
+:mod:`dgn_plugins.functional`. Rows are split across threads
+(``at::parallel_for``) and the row loops use the widest vector instructions
+the CPU has (AVX-512, AVX2 or the baseline).
+
+No compilation at run time: the extension is built by ``pip install
+--no-build-isolation`` (see ``setup.py``). Without it ``is_available()`` is
+False and :func:`dgn_plugins.kernels.select_backend` uses the other paths.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+try:
+    from .. import _C
+    _import_error: Optional[str] = None
+except ImportError as error:  # not built (pure-Python install) or built against another torch
+    _C = None
+    _import_error = f"{type(error).__name__}: {error}"
+
+__all__ = ["NativeDynamicGroupNormFunction", "is_available", "import_error", "supports", "ema_update_"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def is_available() -> bool:
+    """True when the extension imported."""
+    return _C is not None
+
+
+def import_error() -> Optional[str]:
+    """Why the extension is unavailable (None when it is available)."""
+    return _import_error
+
+
+def supports(x: Tensor) -> bool:
+    """Inputs the kernels run: non-empty, CPU, float32 / float64, standard-contiguous."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and x.numel() > 0 and x.is_contiguous()
+
+
+def ema_update_(running_mean: Tensor, running_var: Tensor, num_updates: Tensor,
+                channel_mean: Tensor, channel_var: Tensor, momentum: float) -> bool:
+    """The layer's running-statistics update in one call; False (nothing done) where it does not apply."""
+    if (_C is None or channel_mean.device.type != "cpu" or running_mean.device.type != "cpu"
+            or channel_mean.dtype not in _DTYPES or running_mean.dtype not in _DTYPES
+            or channel_mean.shape[0] == 0 or not channel_mean.is_contiguous() or not channel_var.is_contiguous()):
+        return False
+    _C.ema_update_(running_mean, running_var, num_updates, channel_mean, channel_var, float(momentum))
+    return True
+
+
+class NativeDynamicGroupNormFunction(torch.autograd.Function):
+    """Same inputs, outputs and saved tensors as the plain path's Function."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group_id, group_count, num_groups, eps):
+        x, group_id = x.contiguous(), group_id.contiguous()
+        y, channel_mean, channel_var, group_mean, group_rstd = _C.forward(
+            x, weight, bias, group_id, group_count, num_groups, eps)
+        ctx.save_for_backward(x, weight, group_mean, group_rstd)
+        ctx.group_id, ctx.group_count, ctx.num_groups = group_id, group_count, num_groups
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(channel_mean, channel_var)
+        return y, channel_mean, channel_var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        x, weight, group_mean, group_rstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = _C.backward(
+            grad_y.to(x.dtype).contiguous(), x, weight, group_mean, group_rstd, ctx.group_id, ctx.group_count,
+            ctx.num_groups, needs[0], weight is not None and needs[1], ctx.has_bias and needs[2])
+        return grad_x, grad_weight, grad_bias, None, None, None, None
