@@ -94,8 +94,8 @@ class CorruptingMapper:
 
     def __call__(self, dataset_dict: dict):
         key = os.path.basename(str(dataset_dict.get("file_name", dataset_dict.get("image_id", ""))))
-        corruption = CorruptImage(self.corruption, self.severity, cell_seed(self.seed, self.corruption, self.severity, key),
-                                  getattr(self.mapper, "image_format", "BGR"))
+        seed = cell_seed(self.seed, self.corruption, self.severity, key)
+        corruption = CorruptImage(self.corruption, self.severity, seed, getattr(self.mapper, "image_format", "BGR"))
         mapper = copy.copy(self.mapper)
         mapper.augmentations = T.AugmentationList([corruption] + list(self.mapper.augmentations.augs))
         return mapper(dataset_dict)

@@ -1,4 +1,4 @@
-"""tools/test_robustness.py on a Detectron2 model: a tiny DGN Mask R-CNN trained a few iterations, real COCOEvaluator."""
+"""tools/test_robustness.py on Detectron2 models: tiny DGN Mask R-CNNs trained a few iterations, real evaluators."""
 import importlib.util
 import json
 import logging
