@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import dijkstra
 __all__ = [
     "ConstrainedKMeansResult",
     "constrained_assignment",
+    "auto_starts",
     "inertia_of",
     "size_constrained_kmeans",
 ]
@@ -67,11 +68,14 @@ class ConstrainedKMeansResult:
     n_iter: int  # Lloyd iterations of the returned run (0 for the exact 1-D solver)
 
 
-def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=3, max_iter=300,
+def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init="auto", max_iter=300,
                             tol=1e-4, seed=0, init_labels=None,
                             n_relocations=15) -> ConstrainedKMeansResult:
     """Cluster the rows of ``X`` into ``n_clusters`` groups with sizes in ``[size_min, size_max]``.
 
+    ``n_init="auto"`` makes more k-means++ starts the smaller the problem (3 at n * k >=
+    2**18, e.g. 2048 points in 128 clusters, up to 30 for a few hundred points): small,
+    tightly bounded problems have many local optima, and there starts cost little.
     ``tol`` is relative, as in scikit-learn: a run stops once the summed squared centre
     shift is at most ``tol`` times the mean per-feature variance (or once the labels
     stop changing).  ``init_labels``, a feasible labelling, is one more starting point,
@@ -87,8 +91,10 @@ def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=3, max_
     points = _as_points(X)
     n_points, n_features = points.shape
     n_clusters, size_min, size_max = _check_bounds(n_points, n_clusters, size_min, size_max)
+    if n_init == "auto":
+        n_init = auto_starts(n_points, n_clusters)
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
+        raise ValueError(f"n_init must be a positive integer or 'auto', got {n_init!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float, np.floating, np.integer)) and math.isfinite(tol) and tol >= 0):
@@ -119,6 +125,11 @@ def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init=3, max_
                                     shift_tol)
     return _relocate(points, best, best_potentials, int(n_relocations), rng, size_min, size_max,
                      max_iter, shift_tol)
+
+
+def auto_starts(n_points: int, n_clusters: int) -> int:
+    """The number of k-means++ starts ``n_init="auto"`` makes: about a fixed amount of work."""
+    return int(np.clip((1 << 19) // max(1, n_points * n_clusters), 3, 30))
 
 
 def inertia_of(X, labels, n_clusters) -> float:

@@ -16,7 +16,7 @@ identical outputs.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ class DynamicGroupNorm(nn.GroupNorm):
         track_channel_stats: collect running statistics in training mode.
         cluster_features: which running statistics k-means clusters on
             (standardised), a subset of ``("mean", "var", "std")``.
-        seed, n_init, max_iter: the k-means solver's settings.
+        seed, n_init, max_iter: the k-means solver's settings (``n_init="auto"``:
+            more starts for smaller problems, see ``size_constrained_kmeans``).
     """
 
     _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
@@ -71,7 +72,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         track_channel_stats: bool = True,
         cluster_features: Sequence[str] = ("mean", "var"),
         seed: int = 0,
-        n_init: int = 3,
+        n_init: Union[int, str] = "auto",
         max_iter: int = 300,
         device=None,
         dtype=None,
@@ -86,6 +87,8 @@ class DynamicGroupNorm(nn.GroupNorm):
         unknown = set(cluster_features) - set(CLUSTER_FEATURES)
         if unknown or not cluster_features:
             raise ValueError(f"cluster_features must be a non-empty subset of {CLUSTER_FEATURES}, got {cluster_features}")
+        if n_init != "auto" and (isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1):
+            raise ValueError(f"n_init must be a positive integer or 'auto', got {n_init!r}")
         # GroupNorm's divisibility check would reject ragged groupings: pass it
         # a trivially valid K and set the real one after.
         super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype)

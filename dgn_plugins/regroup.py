@@ -111,7 +111,7 @@ def plan_regroup(
     percentile: float,
     *,
     seed: int = 0,
-    n_init: int = 10,
+    n_init="auto",
     max_iter: int = 300,
     name: str = "",
 ) -> RegroupPlan:

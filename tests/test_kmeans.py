@@ -401,7 +401,17 @@ def test_bad_init_labels_are_rejected(init, match):
         size_constrained_kmeans(np.arange(12.0).reshape(6, 2), 3, 2, 2, init_labels=init)
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_init=0), dict(max_iter=0), dict(tol=-1.0),
+def test_auto_starts_spend_more_on_smaller_problems():
+    assert kmeans.auto_starts(2048, 128) == 3  # the largest layers keep the solver fast
+    assert kmeans.auto_starts(128, 8) == 30  # a few dissolved groups: starts are cheap
+    assert 3 < kmeans.auto_starts(1024, 64) < 30
+    X = clustered_points(128, 2, np.random.default_rng(4))
+    auto = size_constrained_kmeans(X, 8, 8, 24, seed=1)
+    explicit = size_constrained_kmeans(X, 8, 8, 24, seed=1, n_init=30)
+    np.testing.assert_array_equal(auto.labels, explicit.labels)
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_init=0), dict(n_init="many"), dict(max_iter=0), dict(tol=-1.0),
                                     dict(tol=float("nan")), dict(n_relocations=-1),
                                     dict(n_relocations=1.5)])
 def test_bad_run_settings_are_rejected(kwargs):

@@ -41,7 +41,8 @@ def test_infeasible_bounds_name_c_k_l_h():
 
 
 @pytest.mark.parametrize("bad", [dict(percentile=1.5), dict(momentum=0.0), dict(alpha=1.0),
-                                 dict(cluster_features=("median",)), dict(num_groups=0)])
+                                 dict(cluster_features=("median",)), dict(num_groups=0),
+                                 dict(n_init=0), dict(n_init="many")])
 def test_bad_options_are_rejected(bad):
     with pytest.raises(ValueError):
         DynamicGroupNorm(64, **bad)
