@@ -237,6 +237,56 @@ def test_apply_corruption_sits_after_loading_and_is_seeded_per_image():
         ApplyCorruption("rain", 1)
 
 
+@pytest.mark.parametrize("name", ["frost", "snow", "jpeg_compression"])
+def test_apply_corruption_corrupts_a_bgr_image_in_rgb(name):
+    """The library's convention (and Detectron2's CorruptImage): BGR -> RGB, corrupt, -> BGR."""
+    pytest.importorskip("mmcv")
+    from dgn_plugins.robustness.transforms import ApplyCorruption
+
+    bgr = _image(1, shape=(40, 48, 3))
+    results = {"img": bgr.copy(), "img_path": "/x/a.png"}
+    out = ApplyCorruption(name, 3, seed=3)(results)["img"]  # channel_order 'bgr', mmcv's default
+    seed = cell_seed(3, name, 3, "a.png")
+    expected = corrupt_image(np.ascontiguousarray(bgr[..., ::-1]), name, 3, seed)[..., ::-1]
+    assert out.dtype == np.uint8 and out.flags.c_contiguous
+    assert np.array_equal(out, expected)
+    assert not np.array_equal(out, corrupt_image(bgr, name, 3, seed))  # the old way: the BGR array corrupted as is
+    # an RGB-loaded image is corrupted as it is
+    rgb_out = ApplyCorruption(name, 3, seed=3, channel_order="RGB")({"img": bgr.copy(), "img_path": "a.png"})["img"]
+    assert np.array_equal(rgb_out, corrupt_image(bgr, name, 3, seed))
+
+
+def test_apply_corruption_passes_greyscale_through_and_refuses_unknown_orders():
+    pytest.importorskip("mmcv")
+    from dgn_plugins.robustness.transforms import ApplyCorruption
+
+    for shape in ((40, 48), (40, 48, 1)):
+        grey = _image(2, shape=shape)
+        out = ApplyCorruption("snow", 2, seed=1)({"img": grey.copy(), "img_path": "g.png"})["img"]
+        assert out.shape == shape
+        assert np.array_equal(out, corrupt_image(grey, "snow", 2, cell_seed(1, "snow", 2, "g.png")))
+    with pytest.raises(CorruptionError, match="channel_order"):
+        ApplyCorruption("fog", 1, channel_order="yuv")
+
+
+def test_insert_corruption_tells_the_transform_the_loaders_channel_order():
+    pytest.importorskip("mmcv")
+    from mmcv.transforms import LoadImageFromFile
+
+    from dgn_plugins.robustness.openmmlab import insert_corruption
+
+    def inserted(loader):
+        dataset = dict(pipeline=[loader, dict(type="PackDetInputs")])
+        insert_corruption(dataset, "frost", 3, seed=0)
+        return dataset["pipeline"][1]
+
+    assert inserted(dict(type="LoadImageFromFile"))["channel_order"] == "bgr"  # mmcv 2.x: always BGR
+    assert inserted(dict(type="LoadImageFromFile", channel_order="rgb"))["channel_order"] == "rgb"
+    assert inserted(LoadImageFromFile())["channel_order"] == "bgr"  # a built transform
+    with pytest.raises(CorruptionError, match="channel_order"):
+        inserted(dict(type="LoadImageFromFile", channel_order="gbr"))
+
+
 def test_tool_error_paths_exit_2_with_a_message(tmp_path, capsys):
     tool = _tool()
     assert tool.main(["--models", "GN=missing.py,x.pth", "--corruptions", "fog"]) == 2

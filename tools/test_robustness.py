@@ -16,6 +16,11 @@ the first, e.g. GN).
 
 Corruptions come from ``imagecorruptions-imaug==1.1.5`` (the numpy-2 drop-in for
 ``imagecorruptions``), seeded per image by ``--seed``: a rerun gives the same images.
+They run in RGB, the library's convention, in both toolkits (a BGR image, as
+mmcv and Detectron2 load it, is turned to RGB and back), so an image file gets
+the same corrupted pixels in either. mmdet's own ``Corrupt`` corrupts the BGR
+array, so the colour-dependent corruptions (snow, frost, jpeg_compression, ...)
+differ from mmdet's benchmark images; mPC and rPC are defined the same.
 
 Detectron2 models: a ``.yaml`` config (``MODEL.DGN`` options, ``NORM: "DGN"``
 allowed) is recognised by its extension; a LazyConfig ``.py`` needs

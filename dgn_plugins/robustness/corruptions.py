@@ -3,7 +3,9 @@
 Backed by ``imagecorruptions-imaug`` (pinned ``==1.1.5``), a maintained drop-in
 for ``imagecorruptions`` 1.1.2 (what MMDetection's ``Corrupt`` imports; that
 one breaks on numpy 2 / scikit-image >= 0.20). Same import name, same
-functions, same severity tables.
+functions, same severity tables. The library's images are RGB: the toolkits'
+transforms (``ApplyCorruption``, Detectron2's ``CorruptImage``) turn a BGR
+image to RGB before :func:`corrupt_image` and back after it.
 
 Why seeding needs more than ``np.random.seed``: most corruptions draw from
 numpy's legacy global RNG, but ``impulse_noise`` draws from

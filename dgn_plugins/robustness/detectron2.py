@@ -5,9 +5,11 @@ and its checkpoint loaded once; per cell the test loader is rebuilt with its
 mapper wrapped so that the corruption is the first augmentation, applied to the
 image as read, and ``inference_on_dataset`` runs the data set's evaluator:
 ``COCOEvaluator`` (metric keys ``bbox/AP``, ``segm/AP``, ...) or
-``SemSegEvaluator`` (``sem_seg/mIoU``, ...). Each image is corrupted with the
-seed :class:`~dgn_plugins.robustness.transforms.ApplyCorruption` gives it
-(base seed, cell, file name), so both toolkits see the same corrupted images.
+``SemSegEvaluator`` (``sem_seg/mIoU``, ...). Each image is corrupted in RGB
+(the corruption library's convention: a ``BGR`` image is turned and turned
+back), with the seed :class:`~dgn_plugins.robustness.transforms.ApplyCorruption`
+gives it (base seed, cell, file name), as that transform does, so both
+toolkits see the same corrupted images.
 """
 from __future__ import annotations
 

@@ -4,6 +4,14 @@ As mmdet's ``tools/analysis_tools/test_robustness.py`` does: build the Runner
 once (the checkpoint loads once), then per cell rebuild only the test
 dataloader, with :class:`ApplyCorruption` inserted right after the image is
 loaded, and call ``Runner.test()``.
+
+The corruptions run in RGB (the corruption library's convention, and the
+Detectron2 evaluator's): ``ApplyCorruption`` gets the loader's
+``channel_order`` (mmcv's default ``'bgr'`` when the config names none) and
+turns a BGR image to RGB and back around the corruption. mmdet's own
+``Corrupt`` corrupts the BGR array, so colour corruptions (snow, frost,
+jpeg_compression, ...) differ from its benchmark's images; mPC and rPC are
+defined the same.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import uuid
 from typing import Dict, List, Optional
 
 from .metrics import nothing_detected, pick_primary_metric, task_of_metric
-from .transforms import ApplyCorruption  # noqa: F401  (registers the transform)
+from .transforms import ApplyCorruption, check_channel_order  # noqa: F401  (registers the transform)
 
 __all__ = ["OpenMMLabEvaluator", "insert_corruption"]
 
@@ -30,13 +38,22 @@ def _pipeline_of(dataset_cfg) -> List:
 
 
 def insert_corruption(dataset_cfg, corruption: str, severity: int, seed: int) -> None:
-    """Put ``ApplyCorruption`` right after the first image-loading transform (in place)."""
+    """Put ``ApplyCorruption`` right after the first image-loading transform (in place).
+
+    The transform is told the loader's ``channel_order`` (a config key or an
+    attribute of a built transform), so that it corrupts in RGB. Without one it
+    is ``'bgr'``: mmcv 2.x's ``LoadImageFromFile`` has no such argument and
+    always gives BGR colour images (mmcv 1.x's took ``channel_order='bgr'``).
+    """
     pipeline = _pipeline_of(dataset_cfg)
     types = [str(step.get("type", "")) if isinstance(step, dict) else type(step).__name__ for step in pipeline]
     loaders = [i for i, t in enumerate(types) if "Load" in t and "Image" in t]
     if not loaders:
         raise ValueError(f"no image-loading transform in the test pipeline {types}")
-    pipeline.insert(loaders[0] + 1, dict(type="ApplyCorruption", corruption=corruption, severity=severity, seed=seed))
+    loader = pipeline[loaders[0]]
+    order = loader.get("channel_order") if isinstance(loader, dict) else getattr(loader, "channel_order", None)
+    pipeline.insert(loaders[0] + 1, dict(type="ApplyCorruption", corruption=corruption, severity=severity, seed=seed,
+                                         channel_order=check_channel_order(order or "bgr")))
 
 
 def _is_scalar(value) -> bool:

@@ -147,3 +147,45 @@ def test_a_cell_without_predictions_scores_zero_and_a_clean_set_without_any_is_r
                                   cfg_options={"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.01})
     with pytest.raises(ValueError, match="no predictions"):
         refused.evaluate(None, 0)
+
+
+@pytest.fixture(scope="module")
+def colour_images(tmp_path_factory):
+    """One colourful 64x80 picture written as PNG and JPEG (colour corruptions depend on the channel order)."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("colour")
+    rng = np.random.RandomState(0)
+    bgr = (rng.rand(64, 80, 3) * 90).astype(np.uint8)
+    bgr[8:40, 10:50] = (30, 60, 230)  # red in BGR
+    bgr[30:60, 40:75] = (200, 120, 20)  # blue
+    paths = {}
+    for ext in ("png", "jpg"):
+        paths[ext] = str(root / f"000007.{ext}")
+        assert cv2.imwrite(paths[ext], bgr)
+    return paths
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+@pytest.mark.parametrize("corruption", ["frost", "snow", "jpeg_compression", "gaussian_noise", "fog"])
+def test_both_toolkits_corrupt_an_image_file_into_the_same_pixels(colour_images, corruption, ext):
+    """OpenMMLab's pipeline (LoadImageFromFile + ApplyCorruption as inserted) vs Detectron2's mapper."""
+    mmcv = pytest.importorskip("mmcv", reason="the OpenMMLab side needs mmcv and mmengine")
+    from mmcv.transforms import Compose
+
+    from dgn_plugins.robustness.openmmlab import insert_corruption
+
+    path = colour_images[ext]
+    dataset = dict(pipeline=[dict(type="LoadImageFromFile")])
+    insert_corruption(dataset, corruption, 3, seed=11)
+    mm_bgr = Compose(dataset["pipeline"])({"img_path": path})["img"]
+
+    mapper = DatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+    record = {"file_name": path, "image_id": 7, "height": 64, "width": 80}
+    d2_bgr = CorruptingMapper(mapper, corruption, 3, seed=11)(record)["image"].numpy().transpose(1, 2, 0)
+
+    loaded = mmcv.imread(path)  # BGR, as LoadImageFromFile gives it
+    assert np.array_equal(loaded, detection_utils.read_image(path, format="BGR"))  # both decode the file alike
+    assert d2_bgr.shape == mm_bgr.shape == (64, 80, 3)
+    assert np.array_equal(d2_bgr, mm_bgr)
+    assert not np.array_equal(mm_bgr, loaded)
