@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import dijkstra
 __all__ = [
     "ConstrainedKMeansResult",
     "constrained_assignment",
+    "auto_relocations",
     "auto_starts",
     "inertia_of",
     "size_constrained_kmeans",
@@ -70,12 +71,13 @@ class ConstrainedKMeansResult:
 
 def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init="auto", max_iter=300,
                             tol=1e-4, seed=0, init_labels=None,
-                            n_relocations=15) -> ConstrainedKMeansResult:
+                            n_relocations="auto") -> ConstrainedKMeansResult:
     """Cluster the rows of ``X`` into ``n_clusters`` groups with sizes in ``[size_min, size_max]``.
 
-    ``n_init="auto"`` makes more k-means++ starts the smaller the problem (3 at n * k >=
-    2**18, e.g. 2048 points in 128 clusters, up to 30 for a few hundred points): small,
-    tightly bounded problems have many local optima, and there starts cost little.
+    ``n_init="auto"`` and ``n_relocations="auto"`` spend more effort the smaller the
+    problem (3 starts and 15 trials at n * k >= 2**18, e.g. 2048 points in 128 clusters;
+    up to 30 starts and 60 trials for a few hundred points): small, tightly bounded
+    problems have many local optima, and there the effort costs little.
     ``tol`` is relative, as in scikit-learn: a run stops once the summed squared centre
     shift is at most ``tol`` times the mean per-feature variance (or once the labels
     stop changing).  ``init_labels``, a feasible labelling, is one more starting point,
@@ -99,9 +101,11 @@ def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init="auto",
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float, np.floating, np.integer)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if n_relocations == "auto":
+        n_relocations = auto_relocations(n_points, n_clusters)
     if (isinstance(n_relocations, bool) or not isinstance(n_relocations, (int, np.integer))
             or n_relocations < 0):
-        raise ValueError(f"n_relocations must be an integer >= 0, got {n_relocations!r}")
+        raise ValueError(f"n_relocations must be an integer >= 0 or 'auto', got {n_relocations!r}")
     if init_labels is not None:
         init_labels = _check_labels(init_labels, n_points, n_clusters, size_min, size_max)
 
@@ -130,6 +134,11 @@ def size_constrained_kmeans(X, n_clusters, size_min, size_max, *, n_init="auto",
 def auto_starts(n_points: int, n_clusters: int) -> int:
     """The number of k-means++ starts ``n_init="auto"`` makes: about a fixed amount of work."""
     return int(np.clip((1 << 19) // max(1, n_points * n_clusters), 3, 30))
+
+
+def auto_relocations(n_points: int, n_clusters: int) -> int:
+    """The number of relocation trials ``n_relocations="auto"`` makes."""
+    return int(np.clip((1 << 20) // max(1, n_points * n_clusters), 15, 60))
 
 
 def inertia_of(X, labels, n_clusters) -> float:

@@ -405,9 +405,10 @@ def test_auto_starts_spend_more_on_smaller_problems():
     assert kmeans.auto_starts(2048, 128) == 3  # the largest layers keep the solver fast
     assert kmeans.auto_starts(128, 8) == 30  # a few dissolved groups: starts are cheap
     assert 3 < kmeans.auto_starts(1024, 64) < 30
+    assert kmeans.auto_relocations(2048, 128) == 15 and kmeans.auto_relocations(128, 8) == 60
     X = clustered_points(128, 2, np.random.default_rng(4))
     auto = size_constrained_kmeans(X, 8, 8, 24, seed=1)
-    explicit = size_constrained_kmeans(X, 8, 8, 24, seed=1, n_init=30)
+    explicit = size_constrained_kmeans(X, 8, 8, 24, seed=1, n_init=30, n_relocations=60)
     np.testing.assert_array_equal(auto.labels, explicit.labels)
 
 
