@@ -142,7 +142,6 @@ class DynamicGroupNorm(nn.GroupNorm):
             self._update_channel_stats(channel_mean, channel_var)
         return output
 
-    @torch.no_grad()
     def _update_channel_stats(self, channel_mean: Tensor, channel_var: Tensor) -> None:
         """EMA of the batch's channel mean and (total) variance, from forward's stats.
 
@@ -156,14 +155,15 @@ class DynamicGroupNorm(nn.GroupNorm):
                     self.channel_mean_ema, self.channel_var_ema, self.num_stat_updates,
                     channel_mean, channel_var, self.momentum)):
             return
-        batch_mean = channel_mean.mean(0)
-        batch_var = (channel_var + (channel_mean - batch_mean).pow(2)).mean(0)
-        first = self.num_stat_updates == 0
-        for running, batch in ((self.channel_mean_ema, batch_mean), (self.channel_var_ema, batch_var)):
-            batch = batch.to(running.dtype)
-            updated = torch.where(first, batch, torch.lerp(running, batch, self.momentum))
-            running.copy_(torch.where(torch.isfinite(updated), updated, running))
-        self.num_stat_updates.add_(1)
+        with torch.no_grad():
+            batch_mean = channel_mean.mean(0)
+            batch_var = (channel_var + (channel_mean - batch_mean).pow(2)).mean(0)
+            first = self.num_stat_updates == 0
+            for running, batch in ((self.channel_mean_ema, batch_mean), (self.channel_var_ema, batch_var)):
+                batch = batch.to(running.dtype)
+                updated = torch.where(first, batch, torch.lerp(running, batch, self.momentum))
+                running.copy_(torch.where(torch.isfinite(updated), updated, running))
+            self.num_stat_updates.add_(1)
 
     # ----------------------------------------------------------------- grouping
     @property

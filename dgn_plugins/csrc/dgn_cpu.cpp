@@ -19,17 +19,21 @@
 #include <cstring>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
+// The row loops of one instruction set (dgn_rows.h): each runs `rows` consecutive rows.
 struct RowKernels {
-  void (*moments_f)(const float*, int64_t, double*, double*);
-  void (*moments_d)(const double*, int64_t, double*, double*);
-  void (*affine_f)(const float*, float*, int64_t, float, float, float);
-  void (*affine_d)(const double*, double*, int64_t, double, double, double);
-  void (*grad_sums_f)(const float*, const float*, int64_t, float, double*, double*);
-  void (*grad_sums_d)(const double*, const double*, int64_t, double, double*, double*);
-  void (*grad_input_f)(const float*, const float*, float*, int64_t, float, float, float, float);
-  void (*grad_input_d)(const double*, const double*, double*, int64_t, double, double, double, double);
+  void (*moments_f)(const float*, int64_t, int64_t, double*, double*);
+  void (*moments_d)(const double*, int64_t, int64_t, double*, double*);
+  void (*affine_f)(const float*, float*, int64_t, int64_t, const float*, const float*, const float*);
+  void (*affine_d)(const double*, double*, int64_t, int64_t, const double*, const double*, const double*);
+  void (*grad_sums_f)(const float*, const float*, int64_t, int64_t, const float*, double*, double*);
+  void (*grad_sums_d)(const double*, const double*, int64_t, int64_t, const double*, double*, double*);
+  void (*grad_input_f)(const float*, const float*, float*, int64_t, int64_t, const float*, const float*,
+                       const float*, const float*);
+  void (*grad_input_d)(const double*, const double*, double*, int64_t, int64_t, const double*, const double*,
+                       const double*, const double*);
 };
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -151,50 +155,35 @@ void check_input(const at::Tensor& x) {
               "dgn_plugins._C: a non-empty contiguous (N, C, *) input expected");
 }
 
-template <typename T>
-void row_moments(const T* x, int64_t size, double* mean, double* var);
-template <>
-void row_moments<float>(const float* x, int64_t size, double* mean, double* var) {
-  g_kernels.moments_f(x, size, mean, var);
+// Typed access to the row loops in use.
+void moments_rows(const float* x, int64_t size, int64_t rows, double* mean, double* var) {
+  g_kernels.moments_f(x, size, rows, mean, var);
 }
-template <>
-void row_moments<double>(const double* x, int64_t size, double* mean, double* var) {
-  g_kernels.moments_d(x, size, mean, var);
+void moments_rows(const double* x, int64_t size, int64_t rows, double* mean, double* var) {
+  g_kernels.moments_d(x, size, rows, mean, var);
 }
-
-template <typename T>
-void row_affine(const T* x, T* y, int64_t size, T center, T scale, T shift);
-template <>
-void row_affine<float>(const float* x, float* y, int64_t size, float center, float scale, float shift) {
-  g_kernels.affine_f(x, y, size, center, scale, shift);
+void affine_rows(const float* x, float* y, int64_t size, int64_t rows, const float* c, const float* a, const float* b) {
+  g_kernels.affine_f(x, y, size, rows, c, a, b);
 }
-template <>
-void row_affine<double>(const double* x, double* y, int64_t size, double center, double scale, double shift) {
-  g_kernels.affine_d(x, y, size, center, scale, shift);
+void affine_rows(const double* x, double* y, int64_t size, int64_t rows, const double* c, const double* a,
+                 const double* b) {
+  g_kernels.affine_d(x, y, size, rows, c, a, b);
 }
-
-template <typename T>
-void row_grad_sums(const T* dy, const T* x, int64_t size, T center, double* sum_dy, double* sum_dy_xc);
-template <>
-void row_grad_sums<float>(const float* dy, const float* x, int64_t size, float center, double* a, double* b) {
-  g_kernels.grad_sums_f(dy, x, size, center, a, b);
+void grad_sums_rows(const float* dy, const float* x, int64_t size, int64_t rows, const float* c, double* s1,
+                    double* s2) {
+  g_kernels.grad_sums_f(dy, x, size, rows, c, s1, s2);
 }
-template <>
-void row_grad_sums<double>(const double* dy, const double* x, int64_t size, double center, double* a, double* b) {
-  g_kernels.grad_sums_d(dy, x, size, center, a, b);
+void grad_sums_rows(const double* dy, const double* x, int64_t size, int64_t rows, const double* c, double* s1,
+                    double* s2) {
+  g_kernels.grad_sums_d(dy, x, size, rows, c, s1, s2);
 }
-
-template <typename T>
-void row_grad_input(const T* dy, const T* x, T* dx, int64_t size, T a, T center, T b, T c);
-template <>
-void row_grad_input<float>(const float* dy, const float* x, float* dx, int64_t size, float a, float center, float b,
-                           float c) {
-  g_kernels.grad_input_f(dy, x, dx, size, a, center, b, c);
+void grad_input_rows(const float* dy, const float* x, float* dx, int64_t size, int64_t rows, const float* a,
+                     const float* c, const float* b, const float* d) {
+  g_kernels.grad_input_f(dy, x, dx, size, rows, a, c, b, d);
 }
-template <>
-void row_grad_input<double>(const double* dy, const double* x, double* dx, int64_t size, double a, double center,
-                            double b, double c) {
-  g_kernels.grad_input_d(dy, x, dx, size, a, center, b, c);
+void grad_input_rows(const double* dy, const double* x, double* dx, int64_t size, int64_t rows, const double* a,
+                     const double* c, const double* b, const double* d) {
+  g_kernels.grad_input_d(dy, x, dx, size, rows, a, c, b, d);
 }
 
 // The grouping, indexed for the loops: group k is channels members[offsets[k] ..
@@ -211,16 +200,6 @@ struct Members {
       for (int64_t c = 0; c < channels; ++c) row_group[i * channels + c] = i * num_groups + ids[c];
   }
 };
-
-// f(r, c) for rows r in [begin, end), c = r % channels (without a division per row).
-template <typename F>
-void for_rows(int64_t begin, int64_t end, int64_t channels, const F& f) {
-  int64_t c = begin % channels;
-  for (int64_t r = begin; r < end; ++r) {
-    f(r, c);
-    if (++c == channels) c = 0;
-  }
-}
 
 const double* optional_doubles(const c10::optional<at::Tensor>& t, std::vector<double>& holder) {
   if (!t.has_value() || !t->defined()) return nullptr;
@@ -250,48 +229,52 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const c10::optional<at
   T* cv = channel_var.data_ptr<T>();
   T* gm_out = group_mean_t.data_ptr<T>();
   T* rstd_out = group_rstd_t.data_ptr<T>();
-  std::vector<double> mean(rows), var(rows), group_mean(n * num_groups), group_rstd(n * num_groups);
+  std::vector<double> mean(rows), var(rows);
 
-  auto row_stats = [&](int64_t r) {
-    row_moments<T>(xp + r * size, size, &mean[r], &var[r]);
-    cm[r] = T(mean[r]);
-    cv[r] = T(var[r]);
-  };
+  // Statistics pass, split over rows.
+  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
+    moments_rows(xp + begin * size, size, end - begin, mean.data() + begin, var.data() + begin);
+  });
+
   // Group mean = mean of its channel means; variance = mean of (var_c + (mean_c - group mean)^2).
-  auto group_stats = [&](int64_t i, int64_t k) {
-    const int64_t* first = groups.members.data() + groups.offsets[k];
-    const int64_t* last = groups.members.data() + groups.offsets[k + 1];
-    double sum = 0.0, spread = 0.0;
-    for (const int64_t* c = first; c < last; ++c) sum += mean[i * channels + *c];
-    const double gm = sum / count[k];
-    for (const int64_t* c = first; c < last; ++c) {
-      const double d = mean[i * channels + *c] - gm;
-      spread += var[i * channels + *c] + d * d;
+  std::vector<double> group_mean(n * num_groups), group_rstd(n * num_groups);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < num_groups; ++k) {
+      const int64_t* first = groups.members.data() + groups.offsets[k];
+      const int64_t* last = groups.members.data() + groups.offsets[k + 1];
+      const double* m = mean.data() + i * channels;
+      const double* v = var.data() + i * channels;
+      double sum = 0.0, spread = 0.0;
+      for (const int64_t* c = first; c < last; ++c) sum += m[*c];
+      const double gm = sum / count[k];
+      for (const int64_t* c = first; c < last; ++c) spread += v[*c] + (m[*c] - gm) * (m[*c] - gm);
+      const double rstd = 1.0 / std::sqrt(spread / count[k] + eps);
+      group_mean[i * num_groups + k] = gm;
+      group_rstd[i * num_groups + k] = rstd;
+      gm_out[i * num_groups + k] = T(gm);
+      rstd_out[i * num_groups + k] = T(rstd);
     }
-    const double rstd = 1.0 / std::sqrt(spread / count[k] + eps);
-    group_mean[i * num_groups + k] = gm;
-    group_rstd[i * num_groups + k] = rstd;
-    gm_out[i * num_groups + k] = T(gm);
-    rstd_out[i * num_groups + k] = T(rstd);
-  };
+
   // y = (x - m_c) * scale + shift with m_c the channel mean in T (x - m_c is exact
   // when they are close), scale = rstd * w, shift = (m_c - group mean) * scale + b.
-  auto apply_row = [&](int64_t r, int64_t c) {
-    const int64_t g = groups.row_group[r];
-    double scale = group_rstd[g];
-    if (wp) scale *= wp[c];
-    double shift = (double(cm[r]) - group_mean[g]) * scale;
-    if (bp) shift += bp[c];
-    row_affine<T>(xp + r * size, yp + r * size, size, cm[r], T(scale), T(shift));
-  };
+  std::vector<T> scale(rows), shift(rows);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t r = i * channels + c, g = groups.row_group[r];
+      cm[r] = T(mean[r]);
+      cv[r] = T(var[r]);
+      double a = group_rstd[g];
+      if (wp) a *= wp[c];
+      double b = (double(cm[r]) - group_mean[g]) * a;
+      if (bp) b += bp[c];
+      scale[r] = T(a);
+      shift[r] = T(b);
+    }
 
-  // Statistics pass and apply pass each split over rows; the [N, K] math between them is tiny.
+  // Apply pass, split over rows.
   at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) row_stats(r);
-  });
-  for (int64_t item = 0; item < n * num_groups; ++item) group_stats(item / num_groups, item % num_groups);
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    for_rows(begin, end, channels, apply_row);
+    affine_rows(xp + begin * size, yp + begin * size, size, end - begin, cm + begin, scale.data() + begin,
+                shift.data() + begin);
   });
   return {y, channel_mean, channel_var, group_mean_t, group_rstd_t};
 }
@@ -327,42 +310,45 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
   const std::vector<double> rstd = doubles(group_rstd);
   at::Tensor dx = needs_dx ? at::empty_like(x) : at::Tensor();
   T* dxp = needs_dx ? dx.data_ptr<T>() : nullptr;
-  std::vector<double> sum_dy(rows), sum_dy_xhat(rows), coef_x(n * num_groups), coef_const(n * num_groups);
-
-  // Per row: sum(dy) and sum(dy * x_hat).
-  auto row_sums = [&](int64_t r) {
-    const int64_t g = groups.row_group[r];
-    row_grad_sums<T>(gp + r * size, xp + r * size, size, gm[g], &sum_dy[r], &sum_dy_xhat[r]);
-    sum_dy_xhat[r] *= rstd[g];
-  };
-  // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size elements.
-  auto group_coefs = [&](int64_t i, int64_t k) {
-    double wdy = 0.0, wdy_xhat = 0.0;
-    for (int64_t j = groups.offsets[k]; j < groups.offsets[k + 1]; ++j) {
-      const int64_t c = groups.members[j], r = i * channels + c;
-      const double wc = wp ? wp[c] : 1.0;
-      wdy += sum_dy[r] * wc;
-      wdy_xhat += sum_dy_xhat[r] * wc;
-    }
-    const int64_t g = i * num_groups + k;
-    const double elements = count[k] * double(size);
-    coef_x[g] = -rstd[g] * rstd[g] * (wdy_xhat / elements);
-    coef_const[g] = -rstd[g] * (wdy / elements);
-  };
-  auto dx_row = [&](int64_t r, int64_t c) {
-    const int64_t g = groups.row_group[r];
-    const double coef_dy = wp ? rstd[g] * wp[c] : rstd[g];
-    row_grad_input<T>(gp + r * size, xp + r * size, dxp + r * size, size, T(coef_dy), gm[g], T(coef_x[g]),
-                      T(coef_const[g]));
-  };
-
+  // Reduction pass, split over rows: sum(dy) and sum(dy * (x - group mean)).
+  std::vector<T> center(rows);
+  for (int64_t r = 0; r < rows; ++r) center[r] = gm[groups.row_group[r]];
+  std::vector<double> sum_dy(rows), sum_dy_xhat(rows);
   at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) row_sums(r);
+    grad_sums_rows(gp + begin * size, xp + begin * size, size, end - begin, center.data() + begin,
+                   sum_dy.data() + begin, sum_dy_xhat.data() + begin);
   });
+  for (int64_t r = 0; r < rows; ++r) sum_dy_xhat[r] *= rstd[groups.row_group[r]];  // now sum(dy * x_hat)
+
   if (needs_dx) {
-    for (int64_t item = 0; item < n * num_groups; ++item) group_coefs(item / num_groups, item % num_groups);
+    // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size elements.
+    std::vector<double> coef_x(n * num_groups), coef_const(n * num_groups);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < num_groups; ++k) {
+        double wdy = 0.0, wdy_xhat = 0.0;
+        for (int64_t j = groups.offsets[k]; j < groups.offsets[k + 1]; ++j) {
+          const int64_t c = groups.members[j], r = i * channels + c;
+          const double wc = wp ? wp[c] : 1.0;
+          wdy += sum_dy[r] * wc;
+          wdy_xhat += sum_dy_xhat[r] * wc;
+        }
+        const int64_t g = i * num_groups + k;
+        const double elements = count[k] * double(size);
+        coef_x[g] = -rstd[g] * rstd[g] * (wdy_xhat / elements);
+        coef_const[g] = -rstd[g] * (wdy / elements);
+      }
+    std::vector<T> row_dy(rows), row_x(rows), row_const(rows);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t r = i * channels + c, g = groups.row_group[r];
+        row_dy[r] = T(wp ? rstd[g] * wp[c] : rstd[g]);
+        row_x[r] = T(coef_x[g]);
+        row_const[r] = T(coef_const[g]);
+      }
+    // Apply pass, split over rows.
     at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-      for_rows(begin, end, channels, dx_row);
+      grad_input_rows(gp + begin * size, xp + begin * size, dxp + begin * size, size, end - begin,
+                      row_dy.data() + begin, center.data() + begin, row_x.data() + begin, row_const.data() + begin);
     });
   }
 
@@ -429,23 +415,22 @@ void ema_impl(R* running_mean, R* running_var, const S* mean, const S* var, int6
 
 // The layer's running channel statistics, in place: the first update copies the
 // batch statistics, later ones lerp by `momentum`; non-finite values leave the
-// running ones unchanged; num_updates += 1.
-void ema_update_(at::Tensor running_mean, at::Tensor running_var, at::Tensor num_updates,
+// running ones unchanged; num_updates += 1. Returns false, changing nothing, for
+// tensors it does not handle (not CPU, not contiguous, other dtypes, empty batch).
+bool ema_update_(at::Tensor running_mean, at::Tensor running_var, at::Tensor num_updates,
                  const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&running_mean, &running_var, &num_updates,
                                                                     &channel_mean, &channel_var})
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(), "ema_update_: contiguous CPU tensors expected");
+    if (!t->device().is_cpu() || !t->is_contiguous()) return false;
   const auto rtype = running_mean.scalar_type(), stype = channel_mean.scalar_type();
-  TORCH_CHECK(running_var.scalar_type() == rtype && (rtype == at::kFloat || rtype == at::kDouble),
-              "ema_update_: float32 or float64 running statistics expected");
-  TORCH_CHECK(channel_var.scalar_type() == stype && (stype == at::kFloat || stype == at::kDouble),
-              "ema_update_: float32 or float64 batch statistics expected");
-  TORCH_CHECK(num_updates.scalar_type() == at::kLong && num_updates.numel() == 1, "ema_update_: int64 counter expected");
+  if (running_var.scalar_type() != rtype || (rtype != at::kFloat && rtype != at::kDouble)) return false;
+  if (channel_var.scalar_type() != stype || (stype != at::kFloat && stype != at::kDouble)) return false;
+  if (num_updates.scalar_type() != at::kLong || num_updates.numel() != 1) return false;
   TORCH_CHECK(channel_mean.dim() == 2 && channel_mean.sizes() == channel_var.sizes() &&
                   channel_mean.size(1) == running_mean.numel() && running_var.numel() == running_mean.numel(),
               "ema_update_: statistics of mismatched shapes");
   const int64_t n = channel_mean.size(0), channels = channel_mean.size(1);
-  TORCH_CHECK(n > 0, "ema_update_: empty batch");
+  if (n == 0) return false;
   int64_t* counter = num_updates.data_ptr<int64_t>();
   const bool first = *counter == 0;
   if (rtype == at::kFloat && stype == at::kFloat)
@@ -463,6 +448,7 @@ void ema_update_(at::Tensor running_mean, at::Tensor running_var, at::Tensor num
   *counter += 1;
   for (at::Tensor* t : std::initializer_list<at::Tensor*>{&running_mean, &running_var, &num_updates})
     t->unsafeGetTensorImpl()->bump_version();
+  return true;
 }
 
 }  // namespace
@@ -476,7 +462,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("weight"), py::arg("group_mean"), py::arg("group_rstd"), py::arg("group_id"),
         py::arg("group_count"), py::arg("num_groups"), py::arg("needs_dx"), py::arg("needs_dweight"),
         py::arg("needs_dbias"));
-  m.def("ema_update_", &ema_update_, "In-place EMA of the layer's running channel statistics");
+  m.def("ema_update_", &ema_update_,
+        "In-place EMA of the layer's running channel statistics; False (nothing done) for tensors it does not handle");
   m.def("supported_isas", &supported_isas, "Instruction sets the row loops can use on this CPU, best first");
   m.def("set_isa", &set_isa, "Use one instruction set's row loops ('' = best); returns the one in use",
         py::arg("isa") = "");

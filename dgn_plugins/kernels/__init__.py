@@ -39,6 +39,8 @@ import warnings
 
 import torch
 
+from . import cpu_native
+
 __all__ = ["BACKENDS", "COMPILE_MIN_ELEMENTS", "native_available", "requested_backend", "select_backend",
            "triton_available"]
 
@@ -73,24 +75,19 @@ def triton_available() -> bool:
 
 def native_available() -> bool:
     """True when the C++ extension ``dgn_plugins._C`` imports (see :mod:`.cpu_native`)."""
-    from .cpu_native import is_available
-
-    return is_available()
+    return cpu_native.is_available()
 
 
 def _native_can_run(x: torch.Tensor) -> bool:
-    from .cpu_native import is_available, supports
-
-    return is_available() and supports(x)
+    return cpu_native.is_available() and cpu_native.supports(x)
 
 
 def _warn_native_missing() -> None:
     global _native_warned
     if not _native_warned:
         _native_warned = True
-        from .cpu_native import import_error
-
-        warnings.warn(f"DGN_BACKEND=native but the extension dgn_plugins._C is not available ({import_error()}); "
+        warnings.warn(f"DGN_BACKEND=native but the extension dgn_plugins._C is not available "
+                      f"({cpu_native.import_error()}); "
                       "using plain PyTorch ops. Build it with `pip install --no-build-isolation -e .`",
                       RuntimeWarning, stacklevel=3)
 

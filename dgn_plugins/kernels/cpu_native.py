@@ -51,13 +51,10 @@ def supports(x: Tensor) -> bool:
 
 def ema_update_(running_mean: Tensor, running_var: Tensor, num_updates: Tensor,
                 channel_mean: Tensor, channel_var: Tensor, momentum: float) -> bool:
-    """The layer's running-statistics update in one call; False (nothing done) where it does not apply."""
-    if (_C is None or channel_mean.device.type != "cpu" or running_mean.device.type != "cpu"
-            or channel_mean.dtype not in _DTYPES or running_mean.dtype not in _DTYPES
-            or channel_mean.shape[0] == 0 or not channel_mean.is_contiguous() or not channel_var.is_contiguous()):
-        return False
-    _C.ema_update_(running_mean, running_var, num_updates, channel_mean, channel_var, float(momentum))
-    return True
+    """The layer's running-statistics update in one call; False (nothing done) where it does not apply
+    (no extension, not CPU, other dtypes, non-contiguous, empty batch)."""
+    return _C is not None and _C.ema_update_(running_mean, running_var, num_updates, channel_mean, channel_var,
+                                             float(momentum))
 
 
 class NativeDynamicGroupNormFunction(torch.autograd.Function):
