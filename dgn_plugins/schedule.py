@@ -40,6 +40,18 @@ class RegroupSchedule:
             return False
         return step % self.interval == 0
 
+    def final_step_warning(self, total: int, unit: str = "iterations") -> Optional[str]:
+        """A warning if a regroup falls after the last of ``total`` steps, else None.
+
+        Such a regroup changes the normalisation of the model that gets saved
+        and evaluated, and no step lets the weights adapt to it.
+        """
+        if total <= 0 or not self.is_due(total):
+            return None
+        return (f"DGNRegroupHook: a regroup is due after the last of {total} {unit}, so the saved model "
+                f"would use a grouping its weights never trained with; set stop below {total} "
+                f"(e.g. stop={max(self.start, total - self.interval)})")
+
     def mark_done(self, step: int) -> None:
         self.last_regroup_step = step
 

@@ -23,3 +23,11 @@ def test_once_per_step_and_state_round_trip():
 def test_bad_schedules_are_rejected(kwargs):
     with pytest.raises(ValueError):
         RegroupSchedule(**kwargs)
+
+
+def test_a_regroup_after_the_last_step_is_warned_about():
+    assert "after the last of 4000 iterations" in RegroupSchedule(interval=1000).final_step_warning(4000)
+    assert "stop=3000" in RegroupSchedule(interval=1000).final_step_warning(4000)
+    assert RegroupSchedule(interval=1000, stop=3000).final_step_warning(4000) is None
+    assert RegroupSchedule(interval=1000).final_step_warning(4500) is None
+    assert "12 epochs" in RegroupSchedule(interval=3).final_step_warning(12, "epochs")

@@ -87,6 +87,9 @@ class DGNRegroupHook(HookBase):
         if not layers:
             logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")
             return
+        warning = self.schedule.final_step_warning(self.trainer.max_iter)
+        if warning is not None:
+            logger.warning(warning)
         stop = f" to {self.schedule.stop}" if self.schedule.stop is not None else ""
         logger.info(
             f"DGNRegroupHook: {len(layers)} DGN layers, regroup every {self.schedule.interval} "

@@ -144,6 +144,10 @@ class DGNRegroupHook(Hook):
                 "so at most one regroup happens. Use by_epoch=False."
             )
         self._start_records(runner)
+        total = runner.max_epochs if self.by_epoch else runner.max_iters
+        warning = self.schedule.final_step_warning(total, self._unit)
+        if warning is not None:
+            runner.logger.warning(warning)
         runner.logger.info(
             f"DGNRegroupHook: {len(layers)} DGN layers, regroup every {self.schedule.interval} "
             f"{self._unit} from {self.schedule.start}"

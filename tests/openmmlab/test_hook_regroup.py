@@ -105,6 +105,8 @@ def test_regroups_are_logged_to_text_json_and_tensorboard(train_tool, tiny_coco,
     text = open(text_log).read()
     assert "DGN regroup #1 after iter 2:" in text and "DGN regroup #2 after iter 4:" in text
     assert "backbone.layer1.0.gn1:" in text and "roi_head.mask_head.convs.3.gn:" in text
+    # interval 2 of 4 iterations, no stop: the last regroup lands after the last iteration
+    assert "a regroup is due after the last of 4 iterations" in text and "stop=2" in text
 
 
 @pytest.mark.parametrize("update_buffers", [False, True])
