@@ -21,13 +21,10 @@ mean corruption error (mean over all 75 cells), each as mean +- 95% CI
 
     python bench/robustness_cls.py [--seeds 0 1 2] [--iters 800] [--test-images 500]
 
-Duration of the defaults, extrapolated (not run end to end) from
-``--iters 400 --test-images 500 --threads 1`` on a 2-core machine shared with
-other jobs: corrupting 75 x 500 images 97 s; training 0.17-0.22 s/iteration
-(GN) and 0.27 s (DGN); testing 76 x 500 images 60-74 s per model. Defaults:
-97 + 3 x (800 x (0.22 + 0.27) + 134) s = about 28 min on that one shared
-core; less on two idle cores. On an overloaded machine pass ``--threads 1``
-(two spinning torch threads starved each other there, 4x slower).
+Duration of the defaults, measured end to end (bench/RESULTS.md): 15 min wall with
+``--threads 1`` on a 2-core machine whose other core was busy (corrupting 38 s, then per
+seed and model 65-130 s of training and 35-61 s of testing). On an overloaded machine
+pass ``--threads 1`` (two spinning torch threads starved each other there, 4x slower).
 
 Writes ``<work-dir>/robustness_cls.json`` (every cell, every seed) and prints a
 Markdown table. Every phase prints its duration, so a shorter run (e.g.
