@@ -391,26 +391,30 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, cons
 template <typename R, typename S>
 void ema_impl(R* running_mean, R* running_var, const S* mean, const S* var, int64_t n, int64_t channels,
               bool first, double momentum) {
-  auto lerp = [momentum](double start, double end) {  // torch.lerp's formula
-    return momentum < 0.5 ? start + momentum * (end - start) : end - (end - start) * (1.0 - momentum);
+  // Batch mean and total variance per channel (loops over contiguous channels, vectorised).
+  std::vector<double> batch_mean(channels, 0.0), batch_var(channels, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < channels; ++c) batch_mean[c] += double(mean[i * channels + c]);
+  const double inv_n = 1.0 / double(n);
+  for (int64_t c = 0; c < channels; ++c) batch_mean[c] *= inv_n;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      const double d = double(mean[i * channels + c]) - batch_mean[c];
+      batch_var[c] += double(var[i * channels + c]) + d * d;
+    }
+  // torch.lerp's formula in double, branch-free; non-finite results keep the running value.
+  const double w = momentum;
+  const bool from_end = !(w < 0.5);
+  auto update = [&](R* running, const std::vector<double>& batch, double scale) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const double start = double(running[c]), end = double(R(batch[c] * scale));
+      const double lerped = from_end ? end - (end - start) * (1.0 - w) : start + w * (end - start);
+      const R updated = R(first ? end : lerped);
+      running[c] = (updated - updated) == R(0) ? updated : running[c];  // false for inf and nan
+    }
   };
-  for (int64_t c = 0; c < channels; ++c) {
-    double batch_mean = 0.0;
-    for (int64_t i = 0; i < n; ++i) batch_mean += double(mean[i * channels + c]);
-    batch_mean /= double(n);
-    double batch_var = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = double(mean[i * channels + c]) - batch_mean;
-      batch_var += double(var[i * channels + c]) + d * d;
-    }
-    batch_var /= double(n);
-    const double batch[2] = {double(R(batch_mean)), double(R(batch_var))};
-    R* running[2] = {running_mean + c, running_var + c};
-    for (int j = 0; j < 2; ++j) {
-      const R updated = first ? R(batch[j]) : R(lerp(double(*running[j]), batch[j]));
-      if (std::isfinite(double(updated))) *running[j] = updated;
-    }
-  }
+  update(running_mean, batch_mean, 1.0);
+  update(running_var, batch_var, inv_n);
 }
 
 // The layer's running channel statistics, in place: the first update copies the

@@ -69,11 +69,14 @@ class NativeDynamicGroupNormFunction(torch.autograd.Function):
         ctx.group_id, ctx.group_count, ctx.num_groups = group_id, group_count, num_groups
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(channel_mean, channel_var)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics
         return y, channel_mean, channel_var
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, _grad_mean, _grad_var):
+        if grad_y is None:
+            return None, None, None, None, None, None, None
         x, weight, group_mean, group_rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x, grad_weight, grad_bias = _C.backward(
