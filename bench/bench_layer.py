@@ -3,9 +3,11 @@
 Shapes follow Mask R-CNN R50-FPN activations (N = 2, C = 64...2048, C*H*W
 about 1-4M). Both the default (GN-equal) grouping and a ragged, shuffled
 grouping are timed, each with the plain PyTorch path (``DGN_BACKEND=torch``,
-the reference) and the fast path that ``auto`` selects (``torch.compile``,
-see ``dgn_plugins.kernels``), interleaved in one run so that the ratios to GN
-sit side by side. Targets: forward+backward <= 1.15x GN, peak memory <= GN.
+the reference), the ``torch.compile`` path (``DGN_BACKEND=compile``) and the
+C++ extension (``DGN_BACKEND=native``, what ``auto`` selects when it is
+built; see ``dgn_plugins.kernels``), interleaved in one run so that the
+ratios to GN sit side by side. Targets: forward+backward <= 1.15x GN, peak
+memory <= GN.
 
     python bench/bench_layer.py [--repeats 15] [--threads 2] [--clock wall|cpu] [--no-memory]
 
@@ -34,8 +36,8 @@ from dgn_plugins.layout import group_bounds  # noqa: E402
 
 SHAPES = [(64, 128, 160), (256, 96, 128), (256, 64, 80), (512, 48, 64), (1024, 32, 48), (2048, 24, 32)]
 GROUPS = 32
-PATHS = ("plain", "fast")
-BACKEND_OF = {"plain": "torch", "fast": "auto"}
+PATHS = ("plain", "compile", "native")
+BACKEND_OF = {"plain": "torch", "compile": "compile", "native": "native"}
 
 
 def ragged_group_ids(channels: int, groups: int, seed: int = 0) -> torch.Tensor:
@@ -73,7 +75,7 @@ def _on(backend, fn):
 
 
 def step_fns(x, dy, layer, weight, bias):
-    """{"gn" | "plain" | "fast": (forward, forward+backward)}."""
+    """{"gn" | "plain" | "compile" | "native": (forward, forward+backward)}."""
     def gn_forward():
         with torch.no_grad():
             F.group_norm(x, GROUPS, weight, bias)
@@ -122,11 +124,11 @@ def measure_memory(channels, height, width, layout):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def first_call_seconds(channels):
-    """Time of the fast path's first forward+backward in this process: its compilation."""
+def first_call_seconds(channels, path):
+    """Time of a path's first forward+backward in this process (for ``compile``: its compilation)."""
     x, dy, layer, weight, bias = make_case(channels, 48, 64, "default")
     start = time.perf_counter()
-    step_fns(x, dy, layer, weight, bias)["fast"][1]()
+    step_fns(x, dy, layer, weight, bias)[path][1]()
     return time.perf_counter() - start
 
 
@@ -145,14 +147,21 @@ def main():
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu times one thread: use it with --threads 1")
 
-    compile_s = first_call_seconds(SHAPES[0][0])
+    from dgn_plugins.kernels import native_available
+
+    if not native_available():
+        parser.error("the native extension dgn_plugins._C is not built (pip install --no-build-isolation -e .)")
+    native_s = first_call_seconds(SHAPES[0][0], "native")
+    compile_s = first_call_seconds(SHAPES[0][0], "compile")
     print(f"torch {torch.__version__}, {args.threads} threads, N=2, K={GROUPS}, float32, CPU; "
-          f"medians of {args.repeats} ({args.clock} clock); fast path first call (compilation): {compile_s:.1f} s")
-    print("ratios are to GN; plain = DGN_BACKEND=torch, fast = DGN_BACKEND=auto")
-    header = (f"{'C':>5} {'HxW':>8} {'layout':>8} | {'fwd GN ms':>9} {'plain':>6} {'fast':>6} | "
-              f"{'f+b GN ms':>9} {'plain':>6} {'fast':>6}")
+          f"medians of {args.repeats} ({args.clock} clock); first call: compile {compile_s:.1f} s "
+          f"(compilation), native {native_s * 1e3:.0f} ms")
+    print("ratios are to GN; plain = DGN_BACKEND=torch, compile = DGN_BACKEND=compile, native = DGN_BACKEND=native")
+    columns = " ".join(f"{p:>7}" for p in PATHS)
+    header = (f"{'C':>5} {'HxW':>8} {'layout':>8} | {'fwd GN ms':>9} {columns} | "
+              f"{'f+b GN ms':>9} {columns}")
     if not args.no_memory:
-        header += f" | {'peak GN MiB':>11} {'plain':>6} {'fast':>6}"
+        header += f" | {'peak GN MiB':>11} {columns}"
     print(header)
     print("-" * len(header))
     worst = {path: 0.0 for path in PATHS}
@@ -165,12 +174,12 @@ def main():
             for path in PATHS:
                 worst[path] = max(worst[path], train[path] / train["gn"])
             line = (f"{channels:>5} {height:>3}x{width:<4} {layout:>8} | {fwd['gn'] * 1e3:>9.2f} "
-                    + " ".join(f"{fwd[p] / fwd['gn']:>6.2f}" for p in PATHS)
-                    + f" | {train['gn'] * 1e3:>9.2f} " + " ".join(f"{train[p] / train['gn']:>6.2f}" for p in PATHS))
+                    + " ".join(f"{fwd[p] / fwd['gn']:>7.2f}" for p in PATHS)
+                    + f" | {train['gn'] * 1e3:>9.2f} " + " ".join(f"{train[p] / train['gn']:>7.2f}" for p in PATHS))
             if not args.no_memory:
                 memory = measure_memory(channels, height, width, layout)
                 line += f" | {memory['gn']:>11.1f} " + " ".join(
-                    f"{memory[p] / max(memory['gn'], 1e-9):>6.2f}" for p in PATHS)
+                    f"{memory[p] / max(memory['gn'], 1e-9):>7.2f}" for p in PATHS)
             print(line, flush=True)
     print("worst forward+backward ratio: " + ", ".join(f"{p} {worst[p]:.2f}" for p in PATHS) + " (target <= 1.15)")
 

@@ -3,9 +3,11 @@
 The same bottleneck network (torchvision's ResNet-50 layout, GN with 32 groups
 after every conv) is built twice: once with nn.GroupNorm, once converted to
 DynamicGroupNorm with ragged regrouped layouts. Each repetition runs one SGD
-step (forward, loss, backward, update) of both, interleaved.
+step (forward, loss, backward, update) of both, interleaved. The DGN layers
+run whatever ``DGN_BACKEND`` selects (``--backend``, default ``auto``: the
+native CPU extension when it is built).
 
-    python bench/bench_resnet.py [--batch 2] [--size 224] [--repeats 8]
+    python bench/bench_resnet.py [--batch 2] [--size 224] [--repeats 8] [--threads 1 --clock cpu] [--backend auto]
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_layer import ragged_group_ids  # noqa: E402
-from common import interleaved_medians  # noqa: E402
+from bench_layer import medians, ragged_group_ids  # noqa: E402
 from dgn_plugins import convert_gn_to_dgn, dgn_layers  # noqa: E402
+from dgn_plugins.kernels import BACKENDS, select_backend  # noqa: E402
 
 
 def norm(channels):
@@ -64,7 +66,13 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the calling thread's CPU time (with --threads 1)")
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("DGN_BACKEND", "auto"))
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu times one thread: use it with --threads 1")
+    os.environ["DGN_BACKEND"] = args.backend
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -86,10 +94,12 @@ def main():
             optimizer.step()
         return run
 
-    times = interleaved_medians({"gn": step(gn_model, optimizers["gn"]), "dgn": step(dgn_model, optimizers["dgn"])},
-                                repeats=args.repeats, warmup=2)
+    used = sorted({select_backend(torch.empty(args.batch, layer.num_channels, 7, 7)) for _, layer in layers})
+    times = medians({"gn": step(gn_model, optimizers["gn"]), "dgn": step(dgn_model, optimizers["dgn"])},
+                    args.repeats, args.clock)
     print(f"ResNet-50 (GN, 32 groups) train step, N={args.batch}, {args.size}x{args.size}, {args.threads} threads, "
-          f"{len(layers)} norm layers, ragged DGN layouts; medians of {args.repeats}")
+          f"{len(layers)} norm layers, ragged DGN layouts (DGN_BACKEND={args.backend}: {', '.join(used)}); "
+          f"medians of {args.repeats} ({args.clock} clock)")
     print(f"| GN step (s) | DGN step (s) | ratio |")
     print(f"|-------------|--------------|-------|")
     print(f"| {times['gn']:11.3f} | {times['dgn']:12.3f} | {times['dgn'] / times['gn']:5.3f} |")
