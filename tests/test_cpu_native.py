@@ -123,6 +123,19 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(lambda a: Function.apply(a, None, None, ids, count, groups, 1e-5)[0], (x,))
 
 
+def test_second_derivative_raises_like_the_plain_path():
+    """The backward is not differentiable (the plain path's is @once_differentiable): say so, never return zeros."""
+    ids = random_group_ids(8, 2, 2, 6)
+    count = torch.bincount(ids, minlength=2)
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    for affine in (True, False):
+        y = Function.apply(x, weight if affine else None, None, ids, count, 2, 1e-5)[0]
+        (grad,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            grad.sum().backward()
+
+
 def test_gradient_flags():
     """Only the gradients asked for are computed; the others come back None."""
     ids = random_group_ids(16, 4, 2, 6)
@@ -166,6 +179,7 @@ def test_saves_what_group_norm_saves(monkeypatch):
     ids = random_group_ids(64, 32, 1, 3)
     assert select_backend(x) == "native"
     assert saved(lambda: dynamic_group_norm(x, ids, 32, weight, bias)) == saved(lambda: F.group_norm(x, 32, weight, bias))
+    assert saved(lambda: dynamic_group_norm(x, ids, 32)) == saved(lambda: F.group_norm(x, 32))  # affine=False
 
 
 @pytest.mark.parametrize("ratio", [1e3, 1e4])

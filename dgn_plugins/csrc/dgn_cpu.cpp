@@ -12,6 +12,8 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 
 #include <algorithm>
 #include <cmath>
@@ -388,6 +390,78 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, cons
                               needs_dx, needs_dweight, needs_dbias);
 }
 
+// The autograd node: forward and backward above, with the plain path's
+// saved tensors (x, weight, group mean, group rstd: what F.group_norm saves)
+// and no Python in between. Like @once_differentiable, a second
+// differentiation through the backward raises instead of being silently zero.
+struct DynamicGroupNormFunction : public torch::autograd::Function<DynamicGroupNormFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& weight, const at::Tensor& bias,
+                                                const at::Tensor& group_id, const at::Tensor& group_count,
+                                                int64_t num_groups, double eps) {
+    // An empty weight / bias stands for None (the C++ Function takes defined tensors only).
+    const bool has_weight = weight.numel() > 0, has_bias = bias.numel() > 0;
+    const at::Tensor xc = x.contiguous(), ids = group_id.contiguous();
+    auto outs = ::forward(xc, has_weight ? c10::optional<at::Tensor>(weight) : c10::nullopt,
+                          has_bias ? c10::optional<at::Tensor>(bias) : c10::nullopt, ids, group_count, num_groups,
+                          eps);
+    ctx->save_for_backward({xc, has_weight ? weight : at::Tensor(), outs[3], outs[4]});
+    ctx->saved_data["group_id"] = ids;
+    ctx->saved_data["group_count"] = group_count;
+    ctx->saved_data["num_groups"] = num_groups;
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->mark_non_differentiable({outs[1], outs[2]});
+    ctx->set_materialize_grads(false);  // no zero-filled gradients for the statistics
+    return {outs[0], outs[1], outs[2]};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list none(7);
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return none;
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1];
+    const bool needs_dx = ctx->needs_input_grad(0);
+    const bool needs_dweight = weight.defined() && ctx->needs_input_grad(1);
+    const bool needs_dbias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    torch::autograd::variable_list result;
+    {
+      at::NoGradGuard no_grad;
+      result = ::backward(grad_y.to(x.scalar_type()).contiguous(), x,
+                          weight.defined() ? c10::optional<at::Tensor>(weight) : c10::nullopt, saved[2], saved[3],
+                          ctx->saved_data["group_id"].toTensor(), ctx->saved_data["group_count"].toTensor(),
+                          ctx->saved_data["num_groups"].toInt(), needs_dx, needs_dweight, needs_dbias);
+    }
+    if (at::GradMode::is_enabled() && (grad_y.requires_grad() || x.requires_grad() ||
+                                       (weight.defined() && weight.requires_grad()))) {
+      // create_graph=True: attach the results to an error node, as @once_differentiable does.
+      for (auto& t : result)
+        if (t.defined()) t = t.detach().requires_grad_(true);
+      result = torch::autograd::DelayedError(
+          "trying to differentiate twice a function that was marked with @once_differentiable", 3)(
+          std::move(result));
+    }
+    none[0] = result[0];
+    none[1] = result[1];
+    none[2] = result[2];
+    return none;
+  }
+};
+
+// (y, channel_mean, channel_var) with DynamicGroupNormFunction as y's gradient function.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> apply(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                     const c10::optional<at::Tensor>& bias,
+                                                     const at::Tensor& group_id, const at::Tensor& group_count,
+                                                     int64_t num_groups, double eps) {
+  TORCH_CHECK(x.dim() >= 2 && x.size(1) > 0, "dgn_plugins._C: an (N, C, *) input with C > 0 expected");
+  const at::Tensor none = at::empty({0}, x.options());
+  auto outs = DynamicGroupNormFunction::apply(x, weight.has_value() && weight->defined() ? *weight : none,
+                                              bias.has_value() && bias->defined() ? *bias : none, group_id,
+                                              group_count, num_groups, eps);
+  return {outs[0], outs[1], outs[2]};
+}
+
 template <typename R, typename S>
 void ema_impl(R* running_mean, R* running_var, const S* mean, const S* var, int64_t n, int64_t channels,
               bool first, double momentum) {
@@ -466,6 +540,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("weight"), py::arg("group_mean"), py::arg("group_rstd"), py::arg("group_id"),
         py::arg("group_count"), py::arg("num_groups"), py::arg("needs_dx"), py::arg("needs_dweight"),
         py::arg("needs_dbias"));
+  m.def("apply", &apply,
+        "Differentiable forward (y, channel_mean, channel_var), the backward in C++; the statistics are not "
+        "differentiable",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("group_id"), py::arg("group_count"),
+        py::arg("num_groups"), py::arg("eps"));
   m.def("ema_update_", &ema_update_,
         "In-place EMA of the layer's running channel statistics; False (nothing done) for tensors it does not handle");
   m.def("supported_isas", &supported_isas, "Instruction sets the row loops can use on this CPU, best first");
