@@ -9,10 +9,15 @@ built; see ``dgn_plugins.kernels``), interleaved in one run so that the
 ratios to GN sit side by side. Targets: forward+backward <= 1.15x GN, peak
 memory <= GN.
 
-    python bench/bench_layer.py [--repeats 15] [--threads 2] [--clock wall|cpu] [--no-memory]
+    python bench/bench_layer.py [--repeats 15] [--threads 2] [--clock wall|cpu] [--no-memory] [--malloc steady|default]
 
 ``--clock cpu`` times the calling thread's CPU time: with ``--threads 1`` it
-is immune to other processes competing for the cores.
+is immune to other processes competing for the cores. ``--malloc steady``
+(the default) runs the timings with glibc's mmap threshold fixed at 32 MiB and
+heap trimming off, so that every candidate reuses freed buffers: with glibc's
+adaptive defaults a candidate can pay thousands of page faults per call (a
+fresh mmap of its output) in one run and none in the next, which moved single
+ratios by 2x either way. The peak-memory probe keeps its own settings.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ from dgn_plugins.layout import group_bounds  # noqa: E402
 SHAPES = [(64, 128, 160), (256, 96, 128), (256, 64, 80), (512, 48, 64), (1024, 32, 48), (2048, 24, 32)]
 GROUPS = 32
 PATHS = ("plain", "compile", "native")
+#: glibc settings of ``--malloc steady``: buffers up to 32 MiB come from the heap, which is never trimmed.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 BACKEND_OF = {"plain": "torch", "compile": "compile", "native": "native"}
 
 
@@ -120,7 +127,8 @@ def memory_child(channels, height, width, layout):
 
 def measure_memory(channels, height, width, layout):
     command = [sys.executable, __file__, "--memory-child", json.dumps([channels, height, width, layout])]
-    out = subprocess.run(command, env=fixed_malloc_env(), capture_output=True, text=True, check=True)
+    env = {key: value for key, value in fixed_malloc_env().items() if key != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -138,8 +146,12 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                        help="steady: no page faults from freed-and-remapped buffers (see above)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.malloc == "steady" and not args.memory_child and STEADY_MALLOC.items() - os.environ.items():
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **STEADY_MALLOC})  # glibc reads them at start
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*json.loads(args.memory_child))
@@ -156,7 +168,8 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} threads, N=2, K={GROUPS}, float32, CPU; "
           f"medians of {args.repeats} ({args.clock} clock); first call: compile {compile_s:.1f} s "
           f"(compilation), native {native_s * 1e3:.0f} ms")
-    print("ratios are to GN; plain = DGN_BACKEND=torch, compile = DGN_BACKEND=compile, native = DGN_BACKEND=native")
+    print("ratios are to GN; plain = DGN_BACKEND=torch, compile = DGN_BACKEND=compile, native = DGN_BACKEND=native; "
+          f"malloc {args.malloc}")
     columns = " ".join(f"{p:>7}" for p in PATHS)
     header = (f"{'C':>5} {'HxW':>8} {'layout':>8} | {'fwd GN ms':>9} {columns} | "
               f"{'f+b GN ms':>9} {columns}")
