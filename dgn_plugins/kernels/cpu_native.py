@@ -2,13 +2,14 @@
 
 It runs contiguous float32 / float64 (N, C, *) inputs with native GN's memory
 traffic: the forward makes one statistics pass over ``x`` (per-row mean and
-variance, two-pass within the cached row, float sums flushed to double) and
-one pass writing ``y = (x - mean_c) * scale_c + shift_c``; the backward one
-pass for ``sum(dy)`` and ``sum(dy * (x - group mean))`` and one writing
-``dx``. Everything between, on [N, C] / [N, K], is in float64, as in
+variance: two passes over the cached row with float sums flushed to double,
+or one pass with double sums for rows of at most 64 elements) and one pass
+writing ``y = (x - mean_c) * scale_c + shift_c``; the backward one pass for
+``sum(dy)`` and ``sum(dy * (x - group mean))`` and one writing ``dx``.
+Everything between, on [N, C] / [N, K], is in float64, as in
 :mod:`dgn_plugins.functional`. Rows are split across threads
-(``at::parallel_for``) and the row loops use the widest vector instructions
-the CPU has (AVX-512, AVX2 or the baseline).
+(``at::parallel_for``), the row loops use the widest vector instructions the
+CPU has (AVX-512, AVX2 or the baseline), and the autograd node is C++.
 
 No compilation at run time: the extension is built by ``pip install
 --no-build-isolation`` (see ``setup.py``). Without it ``is_available()`` is
