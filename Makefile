@@ -24,7 +24,8 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt
 	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation "mmcv==2.1.0"
 	$(PIP) install -q -r requirements/toolkits.txt -r requirements/tests.txt
 	# No build isolation: setup.py builds the native CPU kernels (dgn_plugins._C)
-	# against the torch installed above (without torch it installs pure Python).
+	# and the k-means inner loops (dgn_plugins._kmeans) against the torch installed
+	# above (without torch or a compiler it installs pure Python).
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	# Resolving packages that depend on torch lets pip upgrade setuptools
 	# (torch asks for >=77), which drops pkg_resources; mmengine imports it to
@@ -32,9 +33,10 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt
 	$(PIP) install -q "setuptools<70"
 	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, dgn_plugins"
 	$(PY) -c "from dgn_plugins.kernels import cpu_native as m; print('dgn_plugins._C (native CPU kernels): ' + ('built' if m.is_available() else 'NOT built, CPU falls back to slower paths: ' + str(m.import_error())))"
+	$(PY) -c "from dgn_plugins import kmeans as m; print('dgn_plugins._kmeans (k-means inner loops): ' + ('built' if m._compiled() is not None else 'NOT built, regrouping runs the slower numpy code'))"
 	touch $(STAMP)
 
-# Rebuild the native CPU kernels after editing dgn_plugins/csrc.
+# Rebuild the native extensions after editing dgn_plugins/csrc.
 ext: setup
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 
@@ -46,7 +48,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_layer.py
+	$(PY) bench/bench_resnet.py
+	$(PIP) install -q "k-means-constrained==0.9.1"  # the reference solver, benchmarks only
 	$(PY) bench/bench_kmeans.py
+	$(PY) bench/bench_regroup.py --reference
 
 clean:
-	rm -rf $(VENV) build *.egg-info dgn_plugins/_C*.so
+	rm -rf $(VENV) build *.egg-info dgn_plugins/_C*.so dgn_plugins/_kmeans*.so
