@@ -40,3 +40,34 @@ def random_group_ids(num_channels, num_groups, size_min, size_max, generator=Non
             spare -= 1
     ids = torch.repeat_interleave(torch.arange(num_groups), sizes)
     return ids[torch.randperm(num_channels, generator=generator)]
+
+
+def run_backend(backend, monkeypatch, x, ids, groups, weight, bias, grad):
+    """Outputs, statistics and input gradients of one ``DGN_BACKEND`` on fresh leaves."""
+    from dgn_plugins.functional import dynamic_group_norm_with_stats
+
+    monkeypatch.setenv("DGN_BACKEND", backend)
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    out, channel_mean, channel_var = dynamic_group_norm_with_stats(leaves[0], ids, groups, leaves[1], leaves[2])
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
+    return out, channel_mean, channel_var, grads
+
+
+def reference_with_grads(x, ids, groups, weight, bias, grad):
+    """The float64 reference's output and input gradients for the same leaves."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    out = group_norm_reference(leaves[0], ids, groups, leaves[1], leaves[2])
+    return out, torch.autograd.grad(out, [t for t in leaves if t is not None], grad.double())
+
+
+def saved_tensor_shapes(fn):
+    """(shape, dtype) of every tensor autograd saves while ``fn`` runs, sorted."""
+    shapes = []
+
+    def pack(t):
+        shapes.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sorted(shapes, key=str)

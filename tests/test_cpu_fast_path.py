@@ -10,25 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from dgn_plugins.functional import dynamic_group_norm
 from dgn_plugins.kernels import COMPILE_MIN_ELEMENTS, cpu_compiled, select_backend
 from dgn_plugins.layer import DynamicGroupNorm
 from dgn_plugins.layout import default_group_ids
-from reference import group_norm_reference, random_group_ids
-
-
-def _run(backend, monkeypatch, x, ids, groups, weight, bias, grad):
-    monkeypatch.setenv("DGN_BACKEND", backend)
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-    out, channel_mean, channel_var = dynamic_group_norm_with_stats(leaves[0], ids, groups, leaves[1], leaves[2])
-    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
-    return out, channel_mean, channel_var, grads
-
-
-def _reference(x, ids, groups, weight, bias, grad):
-    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-    out = group_norm_reference(leaves[0], ids, groups, leaves[1], leaves[2])
-    return out, torch.autograd.grad(out, [t for t in leaves if t is not None], grad.double())
+from reference import group_norm_reference, random_group_ids, reference_with_grads, run_backend
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -39,15 +25,15 @@ def test_float32_matches_reference_plain_path_and_group_norm(memory_format, monk
         x = (torch.randn(shape, generator=gen) * 2 - 1).contiguous(memory_format=memory_format)
         weight, bias = torch.randn(32, generator=gen), torch.randn(32, generator=gen)
         grad = torch.randn(shape, generator=gen)
-        out, mean, var, grads = _run("compile", monkeypatch, x, ids, groups, weight, bias, grad)
+        out, mean, var, grads = run_backend("compile", monkeypatch, x, ids, groups, weight, bias, grad)
         assert out.is_contiguous(memory_format=memory_format)
         assert grads[0].is_contiguous(memory_format=memory_format)
-        expected, expected_grads = _reference(x, ids, groups, weight, bias, grad)
+        expected, expected_grads = reference_with_grads(x, ids, groups, weight, bias, grad)
         torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=0)
         for mine, ref in zip(grads, expected_grads):
             torch.testing.assert_close(mine.double(), ref, atol=2e-5, rtol=1e-5)
 
-        plain_out, plain_mean, plain_var, plain_grads = _run("torch", monkeypatch, x, ids, groups, weight, bias, grad)
+        plain_out, plain_mean, plain_var, plain_grads = run_backend("torch", monkeypatch, x, ids, groups, weight, bias, grad)
         torch.testing.assert_close(out, plain_out, atol=2e-6, rtol=0)
         torch.testing.assert_close(mean, plain_mean, atol=1e-6, rtol=1e-6)  # the layer's running statistics
         torch.testing.assert_close(var, plain_var, atol=1e-6, rtol=1e-5)
@@ -64,10 +50,10 @@ def test_bfloat16_rounds_once_and_keeps_dtypes(monkeypatch):
     weight = torch.randn(32, generator=gen).to(torch.bfloat16)
     bias = torch.randn(32, generator=gen).to(torch.bfloat16)
     grad = torch.randn(2, 32, 7, 6, generator=gen).to(torch.bfloat16)
-    out, mean, var, grads = _run("compile", monkeypatch, x, ids, 4, weight, bias, grad)
+    out, mean, var, grads = run_backend("compile", monkeypatch, x, ids, 4, weight, bias, grad)
     assert out.dtype == torch.bfloat16 and mean.dtype == var.dtype == torch.float32
     assert all(g.dtype == torch.bfloat16 for g in grads)
-    expected, expected_grads = _reference(x, ids, 4, weight, bias, grad)
+    expected, expected_grads = reference_with_grads(x, ids, 4, weight, bias, grad)
     torch.testing.assert_close(out, expected.to(torch.bfloat16))
     torch.testing.assert_close(grads[0].double(), expected_grads[0], atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(grads[1].double(), expected_grads[1], atol=5e-1, rtol=5e-2)

@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from dgn_plugins.functional import dynamic_group_norm
 from dgn_plugins.kernels import cpu_native, native_available, select_backend
 from dgn_plugins.layer import DynamicGroupNorm
 from dgn_plugins.layout import default_group_ids
-from reference import group_norm_reference, random_group_ids
+from reference import (group_norm_reference, random_group_ids, reference_with_grads, run_backend,
+                       saved_tensor_shapes)
 
 if not native_available():
     pytest.skip(f"the native extension dgn_plugins._C is not built ({cpu_native.import_error()}); "
@@ -33,20 +34,6 @@ def isa(request):
     _C.set_isa(request.param)
     yield request.param
     _C.set_isa("")
-
-
-def _run(backend, monkeypatch, x, ids, groups, weight, bias, grad):
-    monkeypatch.setenv("DGN_BACKEND", backend)
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-    out, channel_mean, channel_var = dynamic_group_norm_with_stats(leaves[0], ids, groups, leaves[1], leaves[2])
-    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
-    return out, channel_mean, channel_var, grads
-
-
-def _reference(x, ids, groups, weight, bias, grad):
-    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-    out = group_norm_reference(leaves[0], ids, groups, leaves[1], leaves[2])
-    return out, torch.autograd.grad(out, [t for t in leaves if t is not None], grad.double())
 
 
 # Row lengths (elements per sample and channel) below, at and around the vector
@@ -69,15 +56,15 @@ def test_matches_reference_and_plain_path(isa, dtype, affine, monkeypatch):
             weight = torch.randn(24, generator=gen, dtype=dtype) if affine else None
             bias = torch.randn(24, generator=gen, dtype=dtype) if affine else None
             grad = torch.randn(shape, generator=gen, dtype=dtype)
-            out, mean, var, grads = _run("native", monkeypatch, x, ids, groups, weight, bias, grad)
+            out, mean, var, grads = run_backend("native", monkeypatch, x, ids, groups, weight, bias, grad)
             assert out.dtype == dtype and mean.dtype == var.dtype == dtype
             assert all(g.dtype == dtype for g in grads)
-            expected, expected_grads = _reference(x, ids, groups, weight, bias, grad)
+            expected, expected_grads = reference_with_grads(x, ids, groups, weight, bias, grad)
             torch.testing.assert_close(out.double(), expected, atol=tol["out"], rtol=0)
             for mine, ref in zip(grads, expected_grads):
                 torch.testing.assert_close(mine.double(), ref, atol=tol["grad"][0], rtol=tol["grad"][1])
 
-            plain = _run("torch", monkeypatch, x, ids, groups, weight, bias, grad)
+            plain = run_backend("torch", monkeypatch, x, ids, groups, weight, bias, grad)
             torch.testing.assert_close(out, plain[0], atol=tol["out"], rtol=0)
             torch.testing.assert_close(mean, plain[1], atol=tol["stat"][0], rtol=tol["stat"][1])
             torch.testing.assert_close(var, plain[2], atol=tol["stat"][0], rtol=tol["stat"][1])
@@ -162,24 +149,15 @@ def test_gradient_flags():
 def test_saves_what_group_norm_saves(monkeypatch):
     monkeypatch.setenv("DGN_BACKEND", "native")
 
-    def saved(fn):
-        shapes = []
-
-        def pack(t):
-            shapes.append((tuple(t.shape), t.dtype))
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sorted(shapes, key=str)
-
     x = torch.randn(2, 64, 8, 8, requires_grad=True)
     weight = torch.randn(64, requires_grad=True)
     bias = torch.randn(64, requires_grad=True)
     ids = random_group_ids(64, 32, 1, 3)
     assert select_backend(x) == "native"
-    assert saved(lambda: dynamic_group_norm(x, ids, 32, weight, bias)) == saved(lambda: F.group_norm(x, 32, weight, bias))
-    assert saved(lambda: dynamic_group_norm(x, ids, 32)) == saved(lambda: F.group_norm(x, 32))  # affine=False
+    ours = saved_tensor_shapes(lambda: dynamic_group_norm(x, ids, 32, weight, bias))
+    assert ours == saved_tensor_shapes(lambda: F.group_norm(x, 32, weight, bias))
+    ours = saved_tensor_shapes(lambda: dynamic_group_norm(x, ids, 32))  # affine=False
+    assert ours == saved_tensor_shapes(lambda: F.group_norm(x, 32))
 
 
 @pytest.mark.parametrize("ratio", [1e3, 1e4])
