@@ -28,5 +28,6 @@ model.backbone.bottom_up.stem.norm = \
     model.roi_heads.mask_head.conv_norm = _dgn
 # fmt: on
 
-train.dgn_regroup = L(DGNRegroupHook)(interval=1000, start=0, stop=None)
+# Up to the last LR step (177546 of 184375 iterations): the end trains on the final grouping.
+train.dgn_regroup = L(DGNRegroupHook)(interval=1000, start=0, stop=177000)
 train.output_dir = "./output/detectron2/mask_rcnn_R_50_FPN_dgn_lazy"

@@ -102,6 +102,9 @@ def test_twin_builds_with_dgn_in_every_norm_place(config):
     from mmengine.registry import HOOKS
 
     assert HOOKS.build(dict(hook)).schedule.interval == hook["interval"]
+    # regrouping stops at the last LR step, well before the end (COCO: 7330 iterations per epoch)
+    last_step = max(max(s.get("milestones", [0])) for s in cfg.param_scheduler)
+    assert hook["stop"] <= last_step * 7330 < cfg.train_cfg.max_epochs * 7330
 
 
 # -------------------------------------------------- every installed GN config
