@@ -28,6 +28,7 @@ inside fixed bounds, so plain k-means does not do.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -54,9 +55,14 @@ def _compiled():
     """
     if os.environ.get("DGN_KMEANS_NATIVE", "1").strip() == "0":
         return None
+    return _load_extension()
+
+
+@functools.lru_cache(maxsize=None)
+def _load_extension():
     try:
         from . import _kmeans
-    except ImportError:
+    except ImportError:  # not built, or built against another torch
         return None
     return _kmeans
 
