@@ -50,7 +50,7 @@ class Transport {
   }
 
   // Optimal labels and their prices; `prices` (k values) and `previous` (n labels)
-  // may be empty.  Returns false only if no progress is possible (infeasible bounds).
+  // may be empty.  Throws std::runtime_error if no progress is possible (infeasible bounds).
   void solve(const std::vector<double>& start_prices, const std::vector<Index>& previous,
              std::vector<Index>& labels, std::vector<double>& prices) {
     const Index k = k_;
