@@ -100,6 +100,26 @@ def _needs_pivot(x, channel_mean, group_rstd, group_id) -> bool:
     return bool(ratio.max() > PIVOT_RATIO)
 
 
+def save_for_group_norm_backward(ctx, x, weight, bias, group_mean, group_rstd, channel_mean, channel_var,
+                                 **grouping) -> None:
+    """What every backend's Function keeps for backward: exactly ``F.group_norm``'s
+    tensors (input, weight, [N, K] mean and 1/std), the grouping as plain attributes,
+    and the statistics outputs marked non-differentiable."""
+    ctx.save_for_backward(x, weight, group_mean, group_rstd)
+    for name, value in grouping.items():
+        setattr(ctx, name, value)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(channel_mean, channel_var)
+
+
+def affine_gradients(ctx, weight, grad_y, grad_weight, grad_bias):
+    """``(dweight, dbias)`` in their parameters' dtype, None where autograd asked for none."""
+    keep_weight = weight is not None and ctx.needs_input_grad[1]
+    keep_bias = ctx.has_bias and ctx.needs_input_grad[2]
+    return (grad_weight.to(weight.dtype) if keep_weight else None,
+            grad_bias.to(grad_y.dtype if weight is None else weight.dtype) if keep_bias else None)
+
+
 class _DynamicGroupNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, group_id, group_count, num_groups, eps):
@@ -151,11 +171,9 @@ class _DynamicGroupNormFunction(torch.autograd.Function):
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
 
-        # Exactly what F.group_norm saves: the input, the weight, [N, K] mean and 1/std.
-        ctx.save_for_backward(x, weight, group_mean.to(stats_dtype), group_rstd.to(stats_dtype))
-        ctx.group_id, ctx.group_count, ctx.num_groups = group_id, group_count, num_groups
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(channel_mean, channel_var)
+        save_for_group_norm_backward(ctx, x, weight, bias, group_mean.to(stats_dtype), group_rstd.to(stats_dtype),
+                                     channel_mean, channel_var,
+                                     group_id=group_id, group_count=group_count, num_groups=num_groups)
         return y, channel_mean, channel_var
 
     @staticmethod
@@ -181,11 +199,7 @@ class _DynamicGroupNormFunction(torch.autograd.Function):
         mean_c = group_mean[:, group_id]
         sum_dy_xhat = rstd_c * (sum_dy_x - mean_c * sum_dy)  # per channel: sum of dy * x_hat
 
-        grad_weight = grad_bias = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            grad_weight = sum_dy_xhat.sum(0).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = sum_dy.sum(0).to(grad_y.dtype if weight is None else weight.dtype)
+        grad_weight, grad_bias = affine_gradients(ctx, weight, grad_y, sum_dy_xhat.sum(0), sum_dy.sum(0))
 
         if needs_dx:
             w = weight.double() if weight is not None else None

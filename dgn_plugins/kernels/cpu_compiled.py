@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..functional import PIVOT_RATIO, _group_statistics, _group_sum, compute_dtype
+from ..functional import (PIVOT_RATIO, _group_statistics, _group_sum, affine_gradients, compute_dtype,
+                          save_for_group_norm_backward)
 
 __all__ = ["CompiledDynamicGroupNormFunction", "is_available"]
 
@@ -201,10 +202,8 @@ class CompiledDynamicGroupNormFunction(torch.autograd.Function):
             x = x.contiguous()
         y, channel_mean, channel_var, group_mean, group_rstd = _compiled_forward(
             x, channels_last, group_id, group_count, num_groups, weight, bias, eps)
-        ctx.save_for_backward(x, weight, group_mean, group_rstd)
-        ctx.group_id, ctx.group_count, ctx.num_groups = group_id, group_count, num_groups
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(channel_mean, channel_var)
+        save_for_group_norm_backward(ctx, x, weight, bias, group_mean, group_rstd, channel_mean, channel_var,
+                                     group_id=group_id, group_count=group_count, num_groups=num_groups)
         return y, channel_mean, channel_var
 
     @staticmethod
@@ -217,9 +216,5 @@ class CompiledDynamicGroupNormFunction(torch.autograd.Function):
         grad_x, sum_dy_xhat, sum_dy = _compiled_backward(
             grad_y, x, channels_last, weight, group_mean, group_rstd, ctx.group_id, ctx.group_count, ctx.num_groups,
             needs_dx)
-        grad_weight = grad_bias = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            grad_weight = sum_dy_xhat.to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = sum_dy.to(grad_y.dtype if weight is None else weight.dtype)
+        grad_weight, grad_bias = affine_gradients(ctx, weight, grad_y, sum_dy_xhat, sum_dy)
         return grad_x, grad_weight, grad_bias, None, None, None, None

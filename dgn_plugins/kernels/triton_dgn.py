@@ -47,7 +47,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..functional import PIVOT_RATIO
+from ..functional import PIVOT_RATIO, affine_gradients, save_for_group_norm_backward
 from ..layout import GroupLayout
 
 __all__ = ["TritonDynamicGroupNormFunction", "dynamic_group_norm_triton", "interpreting"]
@@ -456,10 +456,8 @@ class TritonDynamicGroupNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, group_id, offsets, channels, eps):
         y, channel_mean, channel_var, group_mean, group_rstd = _forward(x, weight, bias, offsets, channels, eps)
-        ctx.save_for_backward(x, weight, group_mean, group_rstd)
-        ctx.group_id, ctx.offsets, ctx.channels = group_id, offsets, channels
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(channel_mean, channel_var)
+        save_for_group_norm_backward(ctx, x, weight, bias, group_mean, group_rstd, channel_mean, channel_var,
+                                     group_id=group_id, offsets=offsets, channels=channels)
         return y, channel_mean, channel_var
 
     @staticmethod
@@ -468,14 +466,7 @@ class TritonDynamicGroupNormFunction(torch.autograd.Function):
         x, weight, group_mean, group_rstd = ctx.saved_tensors
         grad_x, grad_weight, grad_bias = _backward(
             grad_y, x, weight, group_mean, group_rstd, ctx.group_id, ctx.offsets, ctx.channels, ctx.needs_input_grad[0])
-        if weight is None or not ctx.needs_input_grad[1]:
-            grad_weight = None
-        else:
-            grad_weight = grad_weight.to(weight.dtype)
-        if not (ctx.has_bias and ctx.needs_input_grad[2]):
-            grad_bias = None
-        else:
-            grad_bias = grad_bias.to(grad_y.dtype if weight is None else weight.dtype)
+        grad_weight, grad_bias = affine_gradients(ctx, weight, grad_y, grad_weight, grad_bias)
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
