@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 try:
     from k_means_constrained import KMeansConstrained
@@ -35,6 +36,7 @@ except ImportError:
     sys.stderr.write("bench_kmeans.py needs the reference solver: pip install k-means-constrained\n")
     sys.exit(2)
 
+from common import trained_channel_statistics  # noqa: E402
 from dgn_plugins import kmeans  # noqa: E402
 from dgn_plugins.kmeans import inertia_of, size_constrained_kmeans  # noqa: E402
 
@@ -44,10 +46,7 @@ ALPHA = 0.5
 
 def channel_features(n_channels: int, dims: int, rng: np.random.Generator) -> np.ndarray:
     """z-scored (mean, variance) per channel, shaped like a trained conv layer's."""
-    component = rng.choice(3, size=n_channels, p=[0.5, 0.3, 0.2])
-    means = np.array([0.0, -1.2, 1.5])[component] + rng.normal(0.0, np.array([0.3, 0.5, 0.8])[component])
-    variances = rng.lognormal(mean=-1.0, sigma=0.7, size=n_channels) * (1.0 + 0.5 * (component == 2))
-    X = np.stack([means, variances], axis=1)[:, :dims]
+    X = np.stack(trained_channel_statistics(n_channels, rng), axis=1)[:, :dims]
     return (X - X.mean(axis=0)) / X.std(axis=0)
 
 

@@ -4,7 +4,7 @@ The issue's reference point: the authors' prototype, which clusters with
 `k-means-constrained`, takes about 115 s to regroup the 53 norm layers of a
 ResNet-50. This script builds the same network as ``bench_resnet.py``,
 converts it to DGN, gives every layer running channel statistics shaped like a
-trained network's (``bench_kmeans.channel_features``), and times
+trained network's (``common.trained_channel_statistics``), and times
 ``regroup_model`` (the poster's rule: the top quarter of groups by intra-group
 variance dissolve and are re-clustered). With ``--reference`` the same call is
 timed again with the k-means step swapped for `k-means-constrained` (its
@@ -30,26 +30,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_resnet import resnet50_gn  # noqa: E402
+from common import trained_channel_statistics  # noqa: E402
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, kmeans, regroup  # noqa: E402
 from dgn_plugins.kmeans import ConstrainedKMeansResult, inertia_of  # noqa: E402
 from dgn_plugins.model import regroup_model  # noqa: E402
-
-
-def channel_statistics(channels: int, rng: np.random.Generator):
-    """Running (mean, variance) per channel, shaped like a trained conv layer's."""
-    component = rng.choice(3, size=channels, p=[0.5, 0.3, 0.2])
-    means = np.array([0.0, -1.2, 1.5])[component] + rng.normal(0.0, np.array([0.3, 0.5, 0.8])[component])
-    variances = rng.lognormal(mean=-1.0, sigma=0.7, size=channels) * (1.0 + 0.5 * (component == 2))
-    return torch.from_numpy(means), torch.from_numpy(variances)
 
 
 def prepared_model(seed: int):
     model = convert_gn_to_dgn(resnet50_gn())
     rng = np.random.default_rng(seed)
     for _, layer in dgn_layers(model):
-        mean, var = channel_statistics(layer.num_channels, rng)
-        layer.channel_mean_ema.copy_(mean)
-        layer.channel_var_ema.copy_(var)
+        mean, var = trained_channel_statistics(layer.num_channels, rng)
+        layer.channel_mean_ema.copy_(torch.from_numpy(mean))
+        layer.channel_var_ema.copy_(torch.from_numpy(var))
         layer.num_stat_updates.fill_(100)
     return model
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: interleaved timing and peak-memory probes.
+"""Shared helpers for the benchmarks: interleaved timing, peak-memory probes, channel statistics.
 
 Timings alternate between the candidates on every repetition, so machine noise
 hits both sides alike; the ratio is of medians measured in the same run.
@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
+
+import numpy as np
 
 
 def interleaved_medians(candidates: Dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3) -> Dict[str, float]:
@@ -53,3 +55,12 @@ def fixed_malloc_env() -> dict:
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     return env
+
+
+def trained_channel_statistics(n_channels: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, variance) shaped like a trained conv layer's: means from a
+    three-component mixture, variances lognormal (larger in one component)."""
+    component = rng.choice(3, size=n_channels, p=[0.5, 0.3, 0.2])
+    means = np.array([0.0, -1.2, 1.5])[component] + rng.normal(0.0, np.array([0.3, 0.5, 0.8])[component])
+    variances = rng.lognormal(mean=-1.0, sigma=0.7, size=n_channels) * (1.0 + 0.5 * (component == 2))
+    return means, variances
