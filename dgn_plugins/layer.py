@@ -50,7 +50,12 @@ class DynamicGroupNorm(nn.GroupNorm):
         momentum: EMA factor of the running channel statistics.
         track_channel_stats: collect running statistics in training mode.
         cluster_features: which running statistics k-means clusters on
-            (standardised), a subset of ``("mean", "var", "std")``.
+            (standardised), a subset of ``("mean", "var", "std")``. The
+            default, the channel means alone, is the poster's rule: the
+            statistic that decides which groups dissolve is the one the
+            dissolved channels are re-clustered by (exactly: a 1-D problem).
+            Adding ``"var"``/``"std"`` also separates channels by spread, at
+            the price of weighting a noisy statistic as much as the mean.
         seed, n_init, max_iter: the k-means solver's settings (``n_init="auto"``:
             more starts for smaller problems, see ``size_constrained_kmeans``).
     """
@@ -70,7 +75,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         percentile: float = 0.75,
         momentum: float = 0.1,
         track_channel_stats: bool = True,
-        cluster_features: Sequence[str] = ("mean", "var"),
+        cluster_features: Sequence[str] = ("mean",),
         seed: int = 0,
         n_init: Union[int, str] = "auto",
         max_iter: int = 300,
@@ -231,6 +236,7 @@ class DynamicGroupNorm(nn.GroupNorm):
                 n_init=self.n_init,
                 max_iter=self.max_iter,
                 name=name,
+                cluster_features=self.cluster_features,
             )
             self.set_group_ids(torch.from_numpy(plan.group_id))
         except Exception as error:  # keep the previous grouping, say why

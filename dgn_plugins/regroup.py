@@ -14,7 +14,7 @@ the layer validates the plan and swaps it in.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -22,17 +22,30 @@ from scipy.optimize import linear_sum_assignment
 from .kmeans import inertia_of, size_constrained_kmeans
 from .layout import GroupBounds
 
-__all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "standardize", "plan_regroup", "summarize", "regroup_scalars", "describe_regroup"]
+__all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "within_group_sum_of_squares", "standardize", "plan_regroup", "summarize", "regroup_scalars", "describe_regroup"]
 
 
 @dataclass
 class RegroupReport:
     """What one regroup of one layer did.
 
-    ``objective_*`` is the within-group sum of squares of the standardised
-    clustering features over all groups (what k-means minimises);
-    ``mean_group_variance_*`` is the poster's ``mean_k var_k`` of channel means.
-    ``skipped`` names the reason when the grouping was left unchanged on purpose.
+    Two quantities, because the rule and the solver look at different ones:
+
+    - the poster's criterion, on the running channel means ``mu_c``:
+      ``mean_group_variance_*`` is ``mean_k var_k`` (what the threshold is
+      taken over), ``within_group_ss_*`` is ``sum_k |G_k| var_k``, the
+      within-group sum of squares of ``mu_c``;
+    - ``objective_*``, the solver's objective: the within-group sum of squares
+      of the standardised ``cluster_features`` over all groups.
+
+    With the default ``cluster_features=("mean",)`` the objective is
+    ``within_group_ss / var(mu)``: the solver minimises the poster's statistic
+    exactly (1-D, solved to optimality), so ``within_group_ss_after <=
+    within_group_ss_before`` always. ``mean_group_variance`` weights groups
+    equally whatever their size, so it may still rise a little when sizes
+    change. With other features the solver follows them, not ``mu_c``, and
+    both criteria may rise. ``skipped`` names the reason when the grouping
+    was left unchanged on purpose.
     """
 
     name: str = ""
@@ -41,10 +54,13 @@ class RegroupReport:
     groups_changed: int = 0
     channels_moved: int = 0
     threshold: float = float("nan")
+    cluster_features: Tuple[str, ...] = ()
     objective_before: float = float("nan")
     objective_after: float = float("nan")
     mean_group_variance_before: float = float("nan")
     mean_group_variance_after: float = float("nan")
+    within_group_ss_before: float = float("nan")
+    within_group_ss_after: float = float("nan")
     skipped: Optional[str] = None
 
     def as_dict(self) -> dict:
@@ -63,6 +79,12 @@ def intra_group_variance(channel_mean: np.ndarray, group_id: np.ndarray, num_gro
     group_mean = np.bincount(group_id, weights=channel_mean, minlength=num_groups) / sizes
     deviation = channel_mean - group_mean[group_id]
     return np.bincount(group_id, weights=deviation * deviation, minlength=num_groups) / sizes
+
+
+def within_group_sum_of_squares(channel_mean: np.ndarray, group_id: np.ndarray, num_groups: int) -> float:
+    """``sum_k |G_k| var_k``: the squared deviations of channel means from their group's mean."""
+    sizes = np.bincount(group_id, minlength=num_groups).astype(np.float64)
+    return float((sizes * intra_group_variance(channel_mean, group_id, num_groups)).sum())
 
 
 def standardize(features: np.ndarray) -> np.ndarray:
@@ -114,11 +136,13 @@ def plan_regroup(
     n_init="auto",
     max_iter: int = 300,
     name: str = "",
+    cluster_features: Sequence[str] = (),
 ) -> RegroupPlan:
     """Apply the poster's rule once; never returns an invalid grouping.
 
     ``channel_mean`` ([C]) decides which groups dissolve; ``features`` ([C, d],
-    already standardised) is what k-means clusters. Raises ``ValueError`` on
+    already standardised) is what k-means clusters, ``cluster_features`` its
+    columns' names (for the report). Raises ``ValueError`` on
     bad arguments; the caller decides what a failure means for the layer.
     """
     if not 0.0 <= percentile <= 1.0:
@@ -128,12 +152,14 @@ def plan_regroup(
     features = np.asarray(features, dtype=np.float64)
     if features.ndim == 1:
         features = features[:, None]
-    report = RegroupReport(name=name, num_groups=num_groups)
+    report = RegroupReport(name=name, num_groups=num_groups, cluster_features=tuple(cluster_features))
 
     group_var = intra_group_variance(channel_mean, group_id, num_groups)
     report.threshold = float(np.quantile(group_var, percentile))
     report.objective_before = report.objective_after = inertia_of(features, group_id, num_groups)
     report.mean_group_variance_before = report.mean_group_variance_after = float(group_var.mean())
+    report.within_group_ss_before = report.within_group_ss_after = within_group_sum_of_squares(
+        channel_mean, group_id, num_groups)
     dissolved = np.flatnonzero(group_var > report.threshold)
     report.groups_dissolved = int(dissolved.size)
     if dissolved.size < 2:  # one group re-clustered into one group is itself
@@ -170,6 +196,7 @@ def plan_regroup(
     report.groups_changed = int(np.unique(np.concatenate([group_id[moved], new_group_id[moved]])).size)
     report.objective_after = objective_after
     report.mean_group_variance_after = float(intra_group_variance(channel_mean, new_group_id, num_groups).mean())
+    report.within_group_ss_after = within_group_sum_of_squares(channel_mean, new_group_id, num_groups)
     return RegroupPlan(new_group_id, report)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 import dgn_plugins.regroup as regroup_module
 from dgn_plugins import DynamicGroupNorm, regroup_model, summarize
 from dgn_plugins.layout import GroupBounds, check_group_ids, default_group_ids
-from dgn_plugins.regroup import intra_group_variance, plan_regroup, standardize
+from dgn_plugins.regroup import intra_group_variance, plan_regroup, standardize, within_group_sum_of_squares
 from reference import group_norm_reference
 
 
@@ -205,3 +205,81 @@ def test_regroup_warnings_are_not_raised_for_healthy_layers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer.regroup()
+
+
+# ------------------------------------------------------------ the poster's statistic by default
+def _interleaved_levels(seed=0):
+    """Two groups of 8 whose channel means alternate between the levels 60 and 62,
+    with spreads (variances) unrelated to the means; two homogeneous groups beside them."""
+    rng = np.random.default_rng(seed)
+    levels = np.tile([60.0, 62.0], 8) + 1e-3 * rng.standard_normal(16)
+    means = np.concatenate([levels, 10.0 + 1e-3 * rng.standard_normal(16)])
+    variances = rng.lognormal(0.0, 1.0, size=32)
+    return means, variances
+
+
+def test_the_default_clusters_the_channel_means():
+    assert DynamicGroupNorm(16, 4).cluster_features == ("mean",)
+
+
+def test_the_default_separates_interleaved_mean_levels():
+    means, variances = _interleaved_levels()
+    layer = _layer_with_stats(means, variances, num_groups=4)
+    report = layer.regroup(percentile=0.5)
+    assert report.skipped is None and report.groups_dissolved == 2
+    ids = layer.group_id[:16]
+    low, high = ids[0::2], ids[1::2]
+    assert len(set(low.tolist())) == 1 and len(set(high.tolist())) == 1 and low[0] != high[0]
+    assert report.within_group_ss_after < 1e-3 * report.within_group_ss_before
+    assert report.cluster_features == ("mean",)
+
+
+def test_clustering_mean_and_var_need_not_separate_them():
+    # Why the default changed: with z-scored (mean, var) features the noisy
+    # variance column weighs as much as the mean and the levels stay mixed.
+    means, variances = _interleaved_levels()
+    layer = _layer_with_stats(means, variances, num_groups=4, cluster_features=("mean", "var"))
+    report = layer.regroup(percentile=0.5)
+    assert report.within_group_ss_after > 0.5 * report.within_group_ss_before
+
+
+def _hard_channel_means(kind, rng, size):
+    if kind == "interleaved":
+        return np.tile([60.0, 62.0], size // 2) + 1e-3 * rng.standard_normal(size)
+    if kind == "heavy_tailed":
+        return rng.standard_cauchy(size)
+    if kind == "clustered":
+        return rng.choice([-5.0, 0.0, 0.1, 7.0], size) + 0.01 * rng.standard_normal(size)
+    return rng.standard_normal(size) * rng.lognormal(0.0, 2.0, size)  # scale varies by channel
+
+
+@pytest.mark.parametrize("kind", ["interleaved", "heavy_tailed", "clustered", "mixed_scales"])
+@pytest.mark.parametrize("percentile", [0.0, 0.5, 0.75])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_default_regroup_never_raises_the_within_group_spread_of_the_means(kind, percentile, seed):
+    rng = np.random.default_rng(seed)
+    channels, groups = 64, 8
+    means = _hard_channel_means(kind, rng, channels).astype(np.float32).astype(np.float64)  # as the buffer holds them
+    noisy_variances = rng.lognormal(0.0, 3.0, channels)  # unrelated to the means
+    layer = _layer_with_stats(means, noisy_variances, num_groups=groups, alpha=0.5)
+    # Start from a scrambled (but valid) grouping, as after earlier regroups.
+    layer.set_group_ids(torch.from_numpy(rng.permutation(np.arange(channels) % groups)))
+    old = layer.group_id.numpy().copy()
+    before = within_group_sum_of_squares(means, old, groups)
+    report = layer.regroup(percentile=percentile)
+    new = layer.group_id.numpy().copy()
+    after = within_group_sum_of_squares(means, new, groups)
+    assert report.skipped is None
+    assert after <= before * (1 + 1e-9) + 1e-12
+    np.testing.assert_allclose([report.within_group_ss_before, report.within_group_ss_after], [before, after],
+                               rtol=1e-9, atol=1e-12)
+    # The dissolved channels are re-clustered to optimality (1-D): no swap of two
+    # of them between groups lowers the within-group sum of squares.
+    dissolved = np.isin(old, np.flatnonzero(intra_group_variance(means, old, groups) > report.threshold))
+    candidates = np.flatnonzero(dissolved)
+    for a in candidates:
+        for b in candidates:
+            if a < b and new[a] != new[b]:
+                swapped = new.copy()
+                swapped[[a, b]] = swapped[[b, a]]
+                assert within_group_sum_of_squares(means, swapped, groups) >= after * (1 - 1e-9) - 1e-12

@@ -34,7 +34,7 @@ def add_dgn_config(cfg: CN) -> CN:
     # EMA factor of the running per-channel statistics the regroup reads.
     _C.MODEL.DGN.MOMENTUM = 0.1
     # Statistics k-means clusters channels on: a subset of ("mean", "var", "std").
-    _C.MODEL.DGN.CLUSTER_FEATURES = ("mean", "var")
+    _C.MODEL.DGN.CLUSTER_FEATURES = ("mean",)
     # Base seed of the k-means solver (each regroup uses SEED + its index).
     _C.MODEL.DGN.SEED = 0
     _C.MODEL.DGN.EPS = 1e-5

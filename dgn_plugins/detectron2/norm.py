@@ -63,7 +63,7 @@ class DGNNorm:
         alpha: float = 0.5,
         percentile: float = 0.75,
         momentum: float = 0.1,
-        cluster_features: Sequence[str] = ("mean", "var"),
+        cluster_features: Sequence[str] = ("mean",),
         seed: int = 0,
         eps: float = 1e-5,
     ) -> None:

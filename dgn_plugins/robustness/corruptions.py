@@ -24,7 +24,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "CORRUPTIONS", "SEVERITIES", "CorruptionError", "check_corruptions", "check_severities",
+    "CORRUPTIONS", "VALIDATION_CORRUPTIONS", "SEVERITIES", "CorruptionError", "check_corruptions", "check_severities",
     "corrupt_image", "cell_seed", "corruption_library",
 ]
 
@@ -35,6 +35,9 @@ CORRUPTIONS = (
     "snow", "frost", "fog", "brightness",
     "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )
+#: ImageNet-C's four held-out corruptions, for choosing settings without
+#: looking at the benchmark's own (``imagecorruptions``' "validation" set).
+VALIDATION_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 SEVERITIES = (1, 2, 3, 4, 5)
 
 #: Corruptions whose own RNG is seeded through a ``seed`` keyword, not ``np.random.seed``.
@@ -57,14 +60,14 @@ def corruption_library():
     return imagecorruptions
 
 
-def check_corruptions(names: Optional[Iterable[str]]) -> List[str]:
-    """Validate a subset of :data:`CORRUPTIONS` (``None``: all 15), keeping its order."""
+def check_corruptions(names: Optional[Iterable[str]], allowed: Sequence[str] = CORRUPTIONS) -> List[str]:
+    """Validate a subset of ``allowed`` (``None``: all of it), keeping its order."""
     if names is None:
-        return list(CORRUPTIONS)
+        return list(allowed)
     names = list(names)
-    unknown = [n for n in names if n not in CORRUPTIONS]
+    unknown = [n for n in names if n not in allowed]
     if unknown:
-        raise CorruptionError(f"unknown corruption(s) {unknown}; choose from {list(CORRUPTIONS)}")
+        raise CorruptionError(f"unknown corruption(s) {unknown}; choose from {list(allowed)}")
     if not names:
         raise CorruptionError("no corruption selected")
     return list(dict.fromkeys(names))
@@ -108,7 +111,7 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int =
     in the input's shape. Images smaller than 32 px are refused, as the
     library does; pad them first.
     """
-    check_corruptions([corruption])
+    check_corruptions([corruption], CORRUPTIONS + VALIDATION_CORRUPTIONS)
     check_severities([severity])
     image = np.asarray(image)
     if image.dtype != np.uint8:
