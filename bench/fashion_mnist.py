@@ -164,7 +164,8 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, iters
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        smoothed = float(loss) if smoothed is None else 0.98 * smoothed + 0.02 * float(loss)
+        value = loss.item()
+        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / iters))
         if open_event is not None and (step - open_event.step) % probe_every == 0:
