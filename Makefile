@@ -32,7 +32,7 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt
 	# resolve `mmdet::`/`mmseg::` config inheritance. Pin it back, last.
 	$(PIP) install -q "setuptools<70"
 	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, dgn_plugins"
-	$(PY) -c "from dgn_plugins.kernels import cpu_native as m; print('dgn_plugins._C (native CPU kernels): ' + ('built' if m.is_available() else 'NOT built, CPU falls back to slower paths: ' + str(m.import_error())))"
+	$(PY) -c "from dgn_plugins import ops as m; print('dgn_plugins._C (native CPU kernels): ' + ('built' if m.native_available() else 'NOT built, CPU falls back to slower paths: ' + str(m.native_import_error())))"
 	$(PY) -c "from dgn_plugins import kmeans as m; print('dgn_plugins._kmeans (k-means inner loops): ' + ('built' if m._compiled() is not None else 'NOT built, regrouping runs the slower numpy code'))"
 	touch $(STAMP)
 

@@ -4,12 +4,14 @@ The core (this package minus ``openmmlab``/``detectron2``) needs only torch,
 numpy and scipy. Importing it registers ``DGN`` with MMEngine when MMEngine is
 installed, so ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
+from . import ops  # registers the dgn:: operators first: everything below calls them
 from .convert import convert_gn_to_dgn
 from .freeze import FrozenDynamicGroupNorm, freeze
 from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
 from .layer import DynamicGroupNorm
 from .layout import GroupBounds, GroupLayout, default_group_ids, group_bounds
 from .model import dgn_layers, is_trainable, regroup_model
+from .ops import set_backend, use_backend
 from .regroup import RegroupReport, summarize
 
 __version__ = "0.1.0"
@@ -30,6 +32,8 @@ __all__ = [
     "GroupLayout",
     "group_bounds",
     "default_group_ids",
+    "set_backend",
+    "use_backend",
 ]
 
 

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from .functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
 from .layer import DynamicGroupNorm
-from .layout import GroupLayout
 
 __all__ = ["FrozenDynamicGroupNorm", "freeze"]
 
@@ -49,7 +48,6 @@ class FrozenDynamicGroupNorm(nn.Module):
         self.register_buffer("group_id", group_id)
         self.register_buffer("group_count", torch.bincount(group_id, minlength=self.num_groups), persistent=False)
         self.register_buffer("assignment", assignment_matrix(group_id, self.num_groups), persistent=False)
-        self._layout = None  # GroupLayout for the fused kernels, built on first use
 
     @classmethod
     def from_layer(cls, layer: DynamicGroupNorm) -> "FrozenDynamicGroupNorm":
@@ -71,12 +69,8 @@ class FrozenDynamicGroupNorm(nn.Module):
 
     @torch.jit.unused
     def _python_forward(self, input: Tensor) -> Tensor:
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
-            return group_norm_by_assignment(input, self.assignment, self.weight, self.bias, self.eps)
-        if self._layout is None or self._layout.group_id.device != self.group_id.device:
-            self._layout = GroupLayout.from_group_ids(self.group_id, self.num_groups)
         return dynamic_group_norm(input, self.group_id, self.num_groups, self.weight, self.bias, self.eps,
-                                  self.group_count, layout=self._layout)
+                                  self.group_count)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -85,7 +79,6 @@ class FrozenDynamicGroupNorm(nn.Module):
         with torch.no_grad():  # derived buffers follow a loaded grouping
             self.group_count = torch.bincount(self.group_id, minlength=self.num_groups)
             self.assignment = assignment_matrix(self.group_id, self.num_groups)
-        self._layout = None
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, grouping=fixed"

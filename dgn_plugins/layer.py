@@ -5,8 +5,10 @@ weight-decay rules, ``is_norm`` checks, ``gn``/``norm`` checkpoint keys), and
 keeps its grouping in persistent buffers whose shapes depend only on C:
 
 - ``group_id`` [C] int64: the group of each channel;
-- ``channel_mean_ema``, ``channel_var_ema`` [C] float32: running (EMA over
-  training iterations) per-channel statistics, the input of the regroup rule;
+- ``channel_mean_ema``, ``channel_var_ema`` [C]: running (EMA over training
+  iterations) per-channel statistics, the input of the regroup rule; float32
+  (float64 in a float64 layer), whatever ``.half()`` / ``.bfloat16()`` do to
+  the parameters, like the group statistics of the forward;
 - ``num_stat_updates``, ``num_regroups``: scalar counters (the first seeds the
   EMA, the second the k-means restarts, so a resumed run regroups the same way).
 
@@ -22,9 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .functional import assignment_matrix, dynamic_group_norm_with_stats, group_norm_by_assignment
-from .kernels import requested_backend
-from .kernels.cpu_native import ema_update_ as native_ema_update_
+from . import ops  # noqa: F401  (registers the dgn:: operators)
+from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
 from .layout import GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds, resolve_num_groups
 from .regroup import RegroupReport, plan_regroup, standardize
 
@@ -33,7 +34,6 @@ __all__ = ["DynamicGroupNorm", "CLUSTER_FEATURES"]
 #: Per-channel statistics that can serve as k-means features.
 CLUSTER_FEATURES = ("mean", "var", "std")
 
-_GROUPING_BUFFERS = ("group_id", "channel_mean_ema", "channel_var_ema", "num_stat_updates", "num_regroups")
 
 
 class DynamicGroupNorm(nn.GroupNorm):
@@ -81,6 +81,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         max_iter: int = 300,
         device=None,
         dtype=None,
+        bias: bool = True,
     ) -> None:
         num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
         bounds = group_bounds(default_size, alpha)
@@ -96,7 +97,7 @@ class DynamicGroupNorm(nn.GroupNorm):
             raise ValueError(f"n_init must be a positive integer or 'auto', got {n_init!r}")
         # GroupNorm's divisibility check would reject ragged groupings: pass it
         # a trivially valid K and set the real one after.
-        super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype)
+        super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
         self.num_groups = num_groups
         self.group_size = group_size
         self.default_group_size = default_size
@@ -109,83 +110,52 @@ class DynamicGroupNorm(nn.GroupNorm):
         self.seed, self.n_init, self.max_iter = seed, n_init, max_iter
 
         self.register_buffer("group_id", group_id.to(device))
-        self.register_buffer("channel_mean_ema", torch.zeros(num_channels, device=device))
-        self.register_buffer("channel_var_ema", torch.ones(num_channels, device=device))
+        # Like the group statistics: float32, float64 for a float64 layer, never half precision
+        # (a 0.1-momentum EMA in bfloat16 stalls). _apply keeps it so through .half() / .to(dtype).
+        stats_dtype = compute_dtype(dtype if dtype is not None else torch.get_default_dtype())
+        self.register_buffer("channel_mean_ema", torch.zeros(num_channels, device=device, dtype=stats_dtype))
+        self.register_buffer("channel_var_ema", torch.ones(num_channels, device=device, dtype=stats_dtype))
         self.register_buffer("num_stat_updates", torch.tensor(0, dtype=torch.long, device=device))
         self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
         # Derived from group_id; recomputed whenever the grouping changes.
         self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
-        # Channels sorted by group for the fused kernels, cached per grouping.
-        self._layout_cache = None
-        self._layout_key = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return self._export_forward(input)
-        return self._python_forward(input)
-
-    def _export_forward(self, input: Tensor) -> Tensor:
-        """Standard operators only: what TorchScript, tracing and ``torch.export`` see (no statistics update)."""
-        assignment = assignment_matrix(self.group_id, self.num_groups)
-        return group_norm_by_assignment(input, assignment, self.weight, self.bias, self.eps)
+        if torch.jit.is_scripting():  # TorchScript compiles the portable formulation
+            return group_norm_by_assignment(input, assignment_matrix(self.group_id, self.num_groups), self.weight,
+                                            self.bias, self.eps)
+        return self._forward(input)
 
     @torch.jit.unused
-    def _python_forward(self, input: Tensor) -> Tensor:
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
-            return self._export_forward(input)
+    def _forward(self, input: Tensor) -> Tensor:
         if input.dim() < 2 or input.shape[1] != self.num_channels:
             raise ValueError(
                 f"{type(self).__name__}({self.num_channels}) expects input of shape (N, {self.num_channels}, *), "
                 f"got {tuple(input.shape)}"
             )
         output, channel_mean, channel_var = dynamic_group_norm_with_stats(
-            input, self.group_id, self.num_groups, self.weight, self.bias, self.eps, self.group_count,
-            layout=None if torch.compiler.is_compiling() else self._cached_layout(),
-        )
-        if self.training and self.track_channel_stats and input.shape[0] > 0:
-            self._update_channel_stats(channel_mean, channel_var)
+            input, self.group_id, self.num_groups, self.weight, self.bias, self.eps, self.group_count)
+        if self.training and self.track_channel_stats and channel_mean is not None:
+            # EMA of the batch's channel mean and total variance (non-finite values are skipped).
+            torch.ops.dgn.update_channel_stats_(self.channel_mean_ema, self.channel_var_ema, self.num_stat_updates,
+                                                channel_mean, channel_var, self.momentum)
         return output
 
-    def _update_channel_stats(self, channel_mean: Tensor, channel_var: Tensor) -> None:
-        """EMA of the batch's channel mean and (total) variance, from forward's stats.
-
-        Non-finite batch statistics leave the running values untouched, so one
-        bad batch cannot poison every later regroup. No host synchronisation.
-        On the CPU, unless ``DGN_BACKEND=torch``, the native extension does
-        the same in one call (about ten small ops otherwise).
-        """
-        if (channel_mean.device.type == "cpu" and not torch.compiler.is_compiling()
-                and requested_backend() != "torch" and native_ema_update_(
-                    self.channel_mean_ema, self.channel_var_ema, self.num_stat_updates,
-                    channel_mean, channel_var, self.momentum)):
-            return
-        with torch.no_grad():
-            batch_mean = channel_mean.mean(0)
-            batch_var = (channel_var + (channel_mean - batch_mean).pow(2)).mean(0)
-            first = self.num_stat_updates == 0
-            for running, batch in ((self.channel_mean_ema, batch_mean), (self.channel_var_ema, batch_var)):
-                batch = batch.to(running.dtype)
-                updated = torch.where(first, batch, torch.lerp(running, batch, self.momentum))
-                running.copy_(torch.where(torch.isfinite(updated), updated, running))
-            self.num_stat_updates.add_(1)
+    def _apply(self, fn, recurse=True):
+        # .half() / .bfloat16() leave the running statistics in float32 (.double() makes them float64).
+        super()._apply(fn, recurse)
+        for name in ("channel_mean_ema", "channel_var_ema"):
+            buffer = getattr(self, name)
+            if buffer.dtype != compute_dtype(buffer.dtype):
+                setattr(self, name, buffer.to(compute_dtype(buffer.dtype)))
+        return self
 
     # ----------------------------------------------------------------- grouping
     @property
     def layout(self) -> GroupLayout:
         """The grouping as sizes / offsets / channels sorted by group."""
         return GroupLayout.from_group_ids(self.group_id, self.num_groups)
-
-    def _cached_layout(self) -> GroupLayout:
-        """``layout``, rebuilt only when ``group_id`` changed (regroup, load, device move, in-place write)."""
-        key = (self.group_id.device, self.group_id.data_ptr(), self.group_id._version)
-        if self._layout_key != key:
-            self._layout_cache = GroupLayout.from_group_ids(self.group_id, self.num_groups)
-            self._layout_key = key
-        return self._layout_cache
-
-    def _invalidate_layout(self) -> None:
-        self._layout_cache, self._layout_key = None, None
 
     def reset_grouping(self) -> None:
         """Back to GN's contiguous grouping."""
@@ -200,7 +170,6 @@ class DynamicGroupNorm(nn.GroupNorm):
         group_count = torch.bincount(group_id, minlength=self.num_groups)
         self.group_id.copy_(group_id)
         self.group_count.copy_(group_count)
-        self._invalidate_layout()
 
     def cluster_feature_matrix(self) -> np.ndarray:
         """Standardised [C, d] k-means features from the running statistics."""
@@ -285,7 +254,6 @@ class DynamicGroupNorm(nn.GroupNorm):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         with torch.no_grad():
             self.group_count.copy_(torch.bincount(self.group_id.long(), minlength=self.num_groups))
-        self._invalidate_layout()
 
     def extra_repr(self) -> str:
         return (

@@ -7,6 +7,27 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def available_backends():
+    """Every DGN backend this process can run: the extension's kernels when built, the plain
+    reference always, Triton's kernels on CPU tensors under its interpreter (TRITON_INTERPRET=1)."""
+    from dgn_plugins import ops
+
+    backends = ["native"] if ops.native_available() else []
+    backends.append("reference")
+    if os.environ.get("TRITON_INTERPRET") == "1" and ops.native_available() and ops.triton_available():
+        backends.append("triton")
+    return backends
+
+
+@pytest.fixture(params=available_backends())
+def backend(request):
+    """Run the test once per available backend (``dgn_plugins.use_backend``)."""
+    from dgn_plugins import use_backend
+
+    with use_backend(request.param):
+        yield request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import torch

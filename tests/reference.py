@@ -42,14 +42,15 @@ def random_group_ids(num_channels, num_groups, size_min, size_max, generator=Non
     return ids[torch.randperm(num_channels, generator=generator)]
 
 
-def run_backend(backend, monkeypatch, x, ids, groups, weight, bias, grad):
-    """Outputs, statistics and input gradients of one ``DGN_BACKEND`` on fresh leaves."""
+def run_backend(backend, x, ids, groups, weight, bias, grad):
+    """Outputs, statistics and input gradients of one backend (``dgn_plugins.use_backend``) on fresh leaves."""
+    from dgn_plugins import use_backend
     from dgn_plugins.functional import dynamic_group_norm_with_stats
 
-    monkeypatch.setenv("DGN_BACKEND", backend)
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-    out, channel_mean, channel_var = dynamic_group_norm_with_stats(leaves[0], ids, groups, leaves[1], leaves[2])
-    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
+    with use_backend(backend):
+        out, channel_mean, channel_var = dynamic_group_norm_with_stats(leaves[0], ids, groups, leaves[1], leaves[2])
+        grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
     return out, channel_mean, channel_var, grads
 
 

@@ -64,38 +64,34 @@ if not INTERPRETED and not ON_GPU:
                                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
             assert compiled.asm["cubin"], name
 
-    def test_forcing_triton_without_interpreter_or_cuda_raises(monkeypatch):
-        from dgn_plugins.functional import dynamic_group_norm
-        from dgn_plugins.layout import default_group_ids
+    def test_forcing_triton_on_cpu_tensors_without_interpreter_raises():
+        from dgn_plugins import set_backend
 
-        monkeypatch.setenv("DGN_BACKEND", "triton")
-        with pytest.raises(RuntimeError, match="DGN_BACKEND=triton"):
-            dynamic_group_norm(torch.randn(2, 8, 3, 3), default_group_ids(8, 2), 2)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            set_backend("triton")
 
 else:
     import torch.nn.functional as F
 
-    from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
-    from dgn_plugins.kernels import select_backend, triton_dgn
+    from dgn_plugins import use_backend
+    from dgn_plugins.functional import dynamic_group_norm
+    from dgn_plugins.kernels import triton_dgn
     from dgn_plugins.layer import DynamicGroupNorm
     from dgn_plugins.layout import default_group_ids
-    from reference import group_norm_reference, random_group_ids
+    from reference import group_norm_reference, random_group_ids, run_backend
 
     DEVICE = "cuda" if ON_GPU else "cpu"
+    #: On the GPU the dispatcher picks the Triton kernels by itself; on the CPU they are forced.
+    TRITON = "native" if ON_GPU else "triton"
 
     @pytest.fixture(autouse=True)
-    def _triton_backend(monkeypatch):
-        monkeypatch.setenv("DGN_BACKEND", "triton")
+    def _triton_backend():
+        with use_backend(TRITON):
+            yield
 
     def _run(backend, monkeypatch, x, ids, groups, weight, bias, grad):
         """Output, channel statistics and gradients of one backend."""
-        monkeypatch.setenv("DGN_BACKEND", backend)
-        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-        out, channel_mean, channel_var = dynamic_group_norm_with_stats(leaves[0], ids, groups, leaves[1], leaves[2])
-        wanted = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad(out, wanted, grad)
-        monkeypatch.setenv("DGN_BACKEND", "triton")
-        return out, channel_mean, channel_var, grads
+        return run_backend(TRITON if backend == "triton" else "reference", x, ids, groups, weight, bias, grad)
 
     def _reference(x, ids, groups, weight, bias, grad):
         leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
@@ -136,7 +132,7 @@ else:
         for mine, ref in zip(grads, expected_grads):
             torch.testing.assert_close(mine.double(), ref, atol=2e-5, rtol=1e-5)
 
-        plain_out, plain_mean, plain_var, plain_grads = _run("torch", monkeypatch, x, ids, groups, weight, bias, grad)
+        plain_out, plain_mean, plain_var, plain_grads = _run("reference", monkeypatch, x, ids, groups, weight, bias, grad)
         torch.testing.assert_close(out, plain_out, atol=2e-6, rtol=0)
         torch.testing.assert_close(mean, plain_mean, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(var, plain_var, atol=1e-6, rtol=1e-5)
@@ -173,7 +169,7 @@ else:
         # float32 arithmetic rounded once to the output dtype: the reference, rounded.
         expected, expected_grads = _reference(x, ids, 4, weight, bias, grad)
         torch.testing.assert_close(out, expected.to(dtype))
-        plain_out, _, _, plain_grads = _run("torch", monkeypatch, x, ids, 4, weight, bias, grad)
+        plain_out, _, _, plain_grads = _run("reference", monkeypatch, x, ids, 4, weight, bias, grad)
         torch.testing.assert_close(out, plain_out)
         scale = {torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
         torch.testing.assert_close(grads[0].double(), expected_grads[0], atol=scale, rtol=scale)
@@ -222,7 +218,6 @@ else:
         x = torch.randn(0, 16, 5, 5, device=DEVICE, requires_grad=True)
         weight = torch.randn(16, device=DEVICE, requires_grad=True)
         bias = torch.randn(16, device=DEVICE, requires_grad=True)
-        assert select_backend(x) == "torch"
         out = dynamic_group_norm(x, ids, 4, weight, bias)
         assert out.shape == x.shape
         out.sum().backward()
@@ -231,9 +226,8 @@ else:
     def test_layer_uses_kernels_and_follows_regroups(monkeypatch):
         """Running statistics as the plain path's; a regroup invalidates the cached layout."""
         calls = []
-        original = triton_dgn.TritonDynamicGroupNormFunction.apply
-        monkeypatch.setattr(triton_dgn.TritonDynamicGroupNormFunction, "apply",
-                            staticmethod(lambda *a: calls.append(1) or original(*a)))
+        original = triton_dgn._forward
+        monkeypatch.setattr(triton_dgn, "_forward", lambda *a: calls.append(1) or original(*a))
         fast, plain = DynamicGroupNorm(24, 4).to(DEVICE), DynamicGroupNorm(24, 4).to(DEVICE)
         x = torch.randn(2, 24, 5, 5, device=DEVICE) * 3 + 1
         for ids in (None, random_group_ids(24, 4, 3, 9)):
@@ -241,9 +235,8 @@ else:
                 fast.set_group_ids(ids)
                 plain.set_group_ids(ids)
             out = fast(x)
-            monkeypatch.setenv("DGN_BACKEND", "torch")
-            expected = plain(x)
-            monkeypatch.setenv("DGN_BACKEND", "triton")
+            with use_backend("reference"):
+                expected = plain(x)
             torch.testing.assert_close(out, expected, atol=2e-6, rtol=0)
         assert len(calls) == 2
         torch.testing.assert_close(fast.channel_mean_ema, plain.channel_mean_ema)

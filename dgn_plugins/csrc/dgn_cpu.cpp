@@ -12,10 +12,14 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -149,14 +153,6 @@ const int64_t* checked_group_ids(const at::Tensor& group_id, int64_t channels, i
   return ids;
 }
 
-void check_input(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), "dgn_plugins._C: CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "dgn_plugins._C: float32 or float64 input expected, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 2 && x.is_contiguous() && x.numel() > 0,
-              "dgn_plugins._C: a non-empty contiguous (N, C, *) input expected");
-}
-
 // Typed access to the row loops in use.
 void moments_rows(const float* x, int64_t size, int64_t rows, double* mean, double* var) {
   g_kernels.moments_f(x, size, rows, mean, var);
@@ -281,19 +277,6 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const c10::optional<at
   return {y, channel_mean, channel_var, group_mean_t, group_rstd_t};
 }
 
-// (y, channel_mean [N, C], channel_var [N, C], group_mean [N, K], group_rstd [N, K]).
-std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                const c10::optional<at::Tensor>& bias, const at::Tensor& group_id,
-                                const at::Tensor& group_count, int64_t num_groups, double eps) {
-  check_input(x);
-  const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
-  const std::vector<double> count = doubles(group_count);
-  TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
-  if (x.scalar_type() == at::kDouble)
-    return forward_impl<double>(x, weight, bias, ids, count.data(), num_groups, eps);
-  return forward_impl<float>(x, weight, bias, ids, count.data(), num_groups, eps);
-}
-
 template <typename T>
 std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                       const at::Tensor& group_mean, const at::Tensor& group_rstd, const int64_t* ids,
@@ -370,14 +353,24 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
   return out;
 }
 
-// (dx or None, dweight or None, dbias or None).
-std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                 const at::Tensor& group_mean, const at::Tensor& group_rstd,
-                                 const at::Tensor& group_id, const at::Tensor& group_count, int64_t num_groups,
-                                 bool needs_dx, bool needs_dweight, bool needs_dbias) {
-  check_input(x);
-  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type() && dy.is_contiguous(),
-              "dgn_plugins._C: grad_output must be contiguous, with the input's shape and dtype");
+// (y, channel_mean [N, C], channel_var [N, C], group_mean [N, K], group_rstd [N, K]) for a
+// contiguous float / double input.
+std::vector<at::Tensor> forward_rows(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                     const c10::optional<at::Tensor>& bias, const at::Tensor& group_id,
+                                     const at::Tensor& group_count, int64_t num_groups, double eps) {
+  const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
+  const std::vector<double> count = doubles(group_count);
+  TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
+  if (x.scalar_type() == at::kDouble)
+    return forward_impl<double>(x, weight, bias, ids, count.data(), num_groups, eps);
+  return forward_impl<float>(x, weight, bias, ids, count.data(), num_groups, eps);
+}
+
+// (dx or undefined, dweight or undefined, dbias or undefined) for contiguous float / double tensors.
+std::vector<at::Tensor> backward_rows(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                      const at::Tensor& group_mean, const at::Tensor& group_rstd,
+                                      const at::Tensor& group_id, const at::Tensor& group_count, int64_t num_groups,
+                                      bool needs_dx, bool needs_dweight, bool needs_dbias) {
   TORCH_CHECK(group_mean.numel() == x.size(0) * num_groups && group_rstd.numel() == x.size(0) * num_groups,
               "group statistics must be [N, K]");
   const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
@@ -390,83 +383,86 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, cons
                               needs_dx, needs_dweight, needs_dbias);
 }
 
-// The autograd node: forward and backward above, with the plain path's
-// saved tensors (x, weight, group mean, group rstd: what F.group_norm saves)
-// and no Python in between. Like @once_differentiable, a second
-// differentiation through the backward raises instead of being silently zero.
-struct DynamicGroupNormFunction : public torch::autograd::Function<DynamicGroupNormFunction> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                const at::Tensor& weight, const at::Tensor& bias,
-                                                const at::Tensor& group_id, const at::Tensor& group_count,
-                                                int64_t num_groups, double eps) {
-    // An empty weight / bias stands for None (the C++ Function takes defined tensors only).
-    const bool has_weight = weight.numel() > 0, has_bias = bias.numel() > 0;
-    const at::Tensor xc = x.contiguous(), ids = group_id.contiguous();
-    auto outs = ::forward(xc, has_weight ? c10::optional<at::Tensor>(weight) : c10::nullopt,
-                          has_bias ? c10::optional<at::Tensor>(bias) : c10::nullopt, ids, group_count, num_groups,
-                          eps);
-    ctx->save_for_backward({xc, has_weight ? weight : at::Tensor(), outs[3], outs[4]});
-    ctx->saved_data["group_id"] = ids;
-    ctx->saved_data["group_count"] = group_count;
-    ctx->saved_data["num_groups"] = num_groups;
-    ctx->saved_data["has_bias"] = has_bias;
-    ctx->mark_non_differentiable({outs[1], outs[2]});
-    ctx->set_materialize_grads(false);  // no zero-filled gradients for the statistics
-    return {outs[0], outs[1], outs[2]};
-  }
+// ----------------------------------------------------------------------------------------------
+// The dgn:: operators' CPU kernels (schemas in dgn_plugins/ops.py). They take any CPU input: the
+// row loops run contiguous float32 / float64 rows; other dtypes and memory formats are brought to
+// that form and back.
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    torch::autograd::variable_list none(7);
-    const at::Tensor& grad_y = grads[0];
-    if (!grad_y.defined()) return none;
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1];
-    const bool needs_dx = ctx->needs_input_grad(0);
-    const bool needs_dweight = weight.defined() && ctx->needs_input_grad(1);
-    const bool needs_dbias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
-    torch::autograd::variable_list result;
-    {
-      at::NoGradGuard no_grad;
-      result = ::backward(grad_y.to(x.scalar_type()).contiguous(), x,
-                          weight.defined() ? c10::optional<at::Tensor>(weight) : c10::nullopt, saved[2], saved[3],
-                          ctx->saved_data["group_id"].toTensor(), ctx->saved_data["group_count"].toTensor(),
-                          ctx->saved_data["num_groups"].toInt(), needs_dx, needs_dweight, needs_dbias);
-    }
-    if (at::GradMode::is_enabled() && (grad_y.requires_grad() || x.requires_grad() ||
-                                       (weight.defined() && weight.requires_grad()))) {
-      // create_graph=True: attach the results to an error node, as @once_differentiable does.
-      for (auto& t : result)
-        if (t.defined()) t = t.detach().requires_grad_(true);
-      result = torch::autograd::DelayedError(
-          "trying to differentiate twice a function that was marked with @once_differentiable", 3)(
-          std::move(result));
-    }
-    none[0] = result[0];
-    none[1] = result[1];
-    none[2] = result[2];
-    return none;
-  }
-};
+using Tensor = at::Tensor;
+using OptionalTensor = c10::optional<at::Tensor>;
+using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using BackwardResult = std::tuple<Tensor, Tensor, Tensor>;
 
-// (y, channel_mean, channel_var) with DynamicGroupNormFunction as y's gradient function.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> apply(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                                     const c10::optional<at::Tensor>& bias,
-                                                     const at::Tensor& group_id, const at::Tensor& group_count,
-                                                     int64_t num_groups, double eps) {
-  TORCH_CHECK(x.dim() >= 2 && x.size(1) > 0, "dgn_plugins._C: an (N, C, *) input with C > 0 expected");
-  const at::Tensor none = at::empty({0}, x.options());
-  auto outs = DynamicGroupNormFunction::apply(x, weight.has_value() && weight->defined() ? *weight : none,
-                                              bias.has_value() && bias->defined() ? *bias : none, group_id,
-                                              group_count, num_groups, eps);
-  return {outs[0], outs[1], outs[2]};
+at::ScalarType stats_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The memory format y and dx keep: the input's (channels_last stays channels_last).
+at::MemoryFormat output_format(const Tensor& x) {
+  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  if (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return at::MemoryFormat::ChannelsLast3d;
+  return at::MemoryFormat::Contiguous;
 }
 
-template <typename R, typename S>
-void ema_impl(R* running_mean, R* running_var, const S* mean, const S* var, int64_t n, int64_t channels,
-              bool first, double momentum) {
-  // Batch mean and total variance per channel (loops over contiguous channels, vectorised).
-  std::vector<double> batch_mean(channels, 0.0), batch_var(channels, 0.0);
+// (N, C, *) rows the loops run: contiguous, float or double.
+Tensor as_rows(const Tensor& t) {
+  Tensor r = t.dim() == 2 ? t.unsqueeze(-1) : t;
+  if (r.scalar_type() != at::kFloat && r.scalar_type() != at::kDouble) r = r.to(at::kFloat);
+  return r.contiguous();
+}
+
+Tensor like_input(const Tensor& rows, const Tensor& input) {
+  Tensor out = input.dim() == 2 ? rows.squeeze(-1) : rows;
+  return out.to(out.options().dtype(input.scalar_type()), /*non_blocking=*/false, /*copy=*/false,
+                output_format(input));
+}
+
+ForwardResult cpu_group_norm(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
+                             const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
+                             double eps) {
+  TORCH_CHECK(input.dim() >= 2, "dgn::group_norm: expected input of shape (N, C, *), got ", input.sizes());
+  TORCH_CHECK(input.size(1) == group_id.numel(), "dgn::group_norm: expected input with ", group_id.numel(),
+              " channels (dim 1), got ", input.size(1));
+  const int64_t n = input.size(0), channels = input.size(1);
+  const auto stats = input.options().dtype(stats_type(input));
+  if (input.numel() == 0)  // no samples (no RoIs) or no positions: nothing to normalise
+    return {input.clone(), at::zeros({n, channels}, stats), at::zeros({n, channels}, stats),
+            at::zeros({n, num_groups}, stats), at::zeros({n, num_groups}, stats)};
+  const Tensor ids = group_id.to(at::kLong).contiguous();
+  auto outs = forward_rows(as_rows(input), weight, bias, ids, group_count, num_groups, eps);
+  return {like_input(outs[0], input), outs[1], outs[2], outs[3], outs[4]};
+}
+
+BackwardResult cpu_group_norm_backward(const Tensor& grad_y, const Tensor& input, const Tensor& group_mean,
+                                       const Tensor& group_rstd, const Tensor& group_id, const Tensor& group_count,
+                                       const OptionalTensor& weight, int64_t num_groups,
+                                       std::array<bool, 3> output_mask) {
+  TORCH_CHECK(grad_y.sizes() == input.sizes(), "dgn::group_norm_backward: grad_y has shape ", grad_y.sizes(),
+              ", the input ", input.sizes());
+  const Tensor none = at::empty({0}, input.options());
+  const bool has_weight = weight.has_value() && weight->defined();
+  const auto param = input.options().dtype(has_weight ? weight->scalar_type() : grad_y.scalar_type());
+  if (input.numel() == 0) {
+    return {output_mask[0] ? at::zeros_like(input) : none, output_mask[1] ? at::zeros({input.size(1)}, param) : none,
+            output_mask[2] ? at::zeros({input.size(1)}, param) : none};
+  }
+  const Tensor x = as_rows(input);
+  const Tensor dy = as_rows(grad_y.to(x.scalar_type()));
+  const Tensor ids = group_id.to(at::kLong).contiguous();
+  auto outs = backward_rows(dy, x, weight, group_mean.contiguous(), group_rstd.contiguous(), ids, group_count,
+                            num_groups, output_mask[0], output_mask[1], output_mask[2]);
+  return {output_mask[0] ? like_input(outs[0], input) : none, output_mask[1] ? outs[1] : none,
+          output_mask[2] ? outs[2] : none};
+}
+
+// ----------------------------------------------------------------------------------------------
+// dgn::update_channel_stats_: the layer's running channel statistics, in place.
+
+// Batch mean and total variance per channel from the per-sample [N, C] statistics.
+template <typename S>
+void batch_moments(const S* mean, const S* var, int64_t n, int64_t channels, std::vector<double>& batch_mean,
+                   std::vector<double>& batch_var) {
+  batch_mean.assign(channels, 0.0);
+  batch_var.assign(channels, 0.0);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t c = 0; c < channels; ++c) batch_mean[c] += double(mean[i * channels + c]);
   const double inv_n = 1.0 / double(n);
@@ -476,77 +472,193 @@ void ema_impl(R* running_mean, R* running_var, const S* mean, const S* var, int6
       const double d = double(mean[i * channels + c]) - batch_mean[c];
       batch_var[c] += double(var[i * channels + c]) + d * d;
     }
-  // torch.lerp's formula in double, branch-free; non-finite results keep the running value.
-  const double w = momentum;
-  const bool from_end = !(w < 0.5);
-  auto update = [&](R* running, const std::vector<double>& batch, double scale) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const double start = double(running[c]), end = double(R(batch[c] * scale));
-      const double lerped = from_end ? end - (end - start) * (1.0 - w) : start + w * (end - start);
-      const R updated = R(first ? end : lerped);
-      running[c] = (updated - updated) == R(0) ? updated : running[c];  // false for inf and nan
-    }
-  };
-  update(running_mean, batch_mean, 1.0);
-  update(running_var, batch_var, inv_n);
+  for (int64_t c = 0; c < channels; ++c) batch_var[c] *= inv_n;
 }
 
-// The layer's running channel statistics, in place: the first update copies the
-// batch statistics, later ones lerp by `momentum`; non-finite values leave the
-// running ones unchanged; num_updates += 1. Returns false, changing nothing, for
-// tensors it does not handle (not CPU, not contiguous, other dtypes, empty batch).
-bool ema_update_(at::Tensor running_mean, at::Tensor running_var, at::Tensor num_updates,
-                 const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum) {
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&running_mean, &running_var, &num_updates,
-                                                                    &channel_mean, &channel_var})
-    if (!t->device().is_cpu() || !t->is_contiguous()) return false;
-  const auto rtype = running_mean.scalar_type(), stype = channel_mean.scalar_type();
-  if (running_var.scalar_type() != rtype || (rtype != at::kFloat && rtype != at::kDouble)) return false;
-  if (channel_var.scalar_type() != stype || (stype != at::kFloat && stype != at::kDouble)) return false;
-  if (num_updates.scalar_type() != at::kLong || num_updates.numel() != 1) return false;
+bool all_finite(const std::vector<double>& v) {
+  for (double x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+// torch.lerp's formula in double, branch-free; non-finite results keep the running value.
+template <typename R>
+void lerp_into(R* running, const std::vector<double>& batch, double w) {
+  const bool from_end = !(w < 0.5);
+  for (size_t c = 0; c < batch.size(); ++c) {
+    const double start = double(running[c]), end = double(R(batch[c]));
+    const double lerped = from_end ? end - (end - start) * (1.0 - w) : start + w * (end - start);
+    const R updated = R(lerped);
+    running[c] = (updated - updated) == R(0) ? updated : running[c];  // false for inf and nan
+  }
+}
+
+template <typename R>
+void write_running(R* running, const std::vector<double>& batch, bool first, double momentum) {
+  if (first) {
+    for (size_t c = 0; c < batch.size(); ++c) running[c] = R(batch[c]);
+  } else {
+    lerp_into(running, batch, momentum);
+  }
+}
+
+// The first update seeds the running values, and only from a batch whose statistics are all
+// finite (a non-finite first batch must not use up the seeding step); later updates lerp by
+// `momentum`, non-finite values leaving the running ones unchanged. num_updates += 1 when the
+// running values changed.
+void cpu_update_channel_stats(at::Tensor& running_mean, at::Tensor& running_var, at::Tensor& num_updates,
+                              const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum) {
   TORCH_CHECK(channel_mean.dim() == 2 && channel_mean.sizes() == channel_var.sizes() &&
                   channel_mean.size(1) == running_mean.numel() && running_var.numel() == running_mean.numel(),
-              "ema_update_: statistics of mismatched shapes");
+              "dgn::update_channel_stats_: statistics of mismatched shapes: running ", running_mean.sizes(),
+              ", batch ", channel_mean.sizes());
+  TORCH_CHECK(num_updates.numel() == 1, "dgn::update_channel_stats_: num_updates must hold one count");
   const int64_t n = channel_mean.size(0), channels = channel_mean.size(1);
-  if (n == 0) return false;
-  int64_t* counter = num_updates.data_ptr<int64_t>();
-  const bool first = *counter == 0;
-  if (rtype == at::kFloat && stype == at::kFloat)
-    ema_impl(running_mean.data_ptr<float>(), running_var.data_ptr<float>(), channel_mean.data_ptr<float>(),
-             channel_var.data_ptr<float>(), n, channels, first, momentum);
-  else if (rtype == at::kFloat)
-    ema_impl(running_mean.data_ptr<float>(), running_var.data_ptr<float>(), channel_mean.data_ptr<double>(),
-             channel_var.data_ptr<double>(), n, channels, first, momentum);
-  else if (stype == at::kFloat)
-    ema_impl(running_mean.data_ptr<double>(), running_var.data_ptr<double>(), channel_mean.data_ptr<float>(),
-             channel_var.data_ptr<float>(), n, channels, first, momentum);
-  else
-    ema_impl(running_mean.data_ptr<double>(), running_var.data_ptr<double>(), channel_mean.data_ptr<double>(),
-             channel_var.data_ptr<double>(), n, channels, first, momentum);
-  *counter += 1;
-  for (at::Tensor* t : std::initializer_list<at::Tensor*>{&running_mean, &running_var, &num_updates})
-    t->unsafeGetTensorImpl()->bump_version();
-  return true;
+  if (n == 0) return;
+  std::vector<double> batch_mean, batch_var;
+  const at::Tensor mean = channel_mean.to(at::kDouble).contiguous(), var = channel_var.to(at::kDouble).contiguous();
+  batch_moments(mean.data_ptr<double>(), var.data_ptr<double>(), n, channels, batch_mean, batch_var);
+  const bool first = num_updates.item<int64_t>() == 0;
+  if (first && !(all_finite(batch_mean) && all_finite(batch_var))) return;
+  for (auto pair : {std::make_pair(&running_mean, &batch_mean), std::make_pair(&running_var, &batch_var)}) {
+    at::Tensor& running = *pair.first;
+    if (running.is_contiguous() && running.scalar_type() == at::kFloat) {
+      write_running(running.data_ptr<float>(), *pair.second, first, momentum);
+      running.unsafeGetTensorImpl()->bump_version();
+    } else if (running.is_contiguous() && running.scalar_type() == at::kDouble) {
+      write_running(running.data_ptr<double>(), *pair.second, first, momentum);
+      running.unsafeGetTensorImpl()->bump_version();
+    } else {
+      at::Tensor values = running.to(at::kDouble).contiguous().clone();
+      write_running(values.data_ptr<double>(), *pair.second, first, momentum);
+      running.copy_(values);
+    }
+  }
+  num_updates.add_(1);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Autograd. The forward and backward are the operators above (or their CUDA / plain kernels:
+// the node calls them through the dispatcher), with the tensors F.group_norm saves. Where more
+// than one derivative is asked for, autograd differentiates dgn::group_norm_composite, the plain
+// formulation: forward-mode AD on the inputs, and double backward (create_graph=True).
+
+using ForwardSignature = ForwardResult(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
+                                       const OptionalTensor&, int64_t, double);
+using BackwardSignature = BackwardResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor&, const OptionalTensor&, int64_t, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("dgn::group_norm", "").typed<ForwardSignature>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<ForwardSignature>& composite_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("dgn::group_norm_composite", "").typed<ForwardSignature>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("dgn::group_norm_backward", "").typed<BackwardSignature>();
+  return op;
+}
+
+OptionalTensor optional(const Tensor& t) { return t.defined() ? OptionalTensor(t) : c10::nullopt; }
+
+struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
+                                                const Tensor& group_id, const Tensor& group_count,
+                                                const OptionalTensor& weight, const OptionalTensor& bias,
+                                                int64_t num_groups, double eps) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // on to the device's kernel
+    ForwardResult outs = forward_op().call(x, group_id, group_count, weight, bias, num_groups, eps);
+    ctx->save_for_backward({x, weight.value_or(Tensor()), std::get<3>(outs), std::get<4>(outs)});
+    ctx->saved_data["group_id"] = group_id;
+    ctx->saved_data["group_count"] = group_count;
+    ctx->saved_data["num_groups"] = num_groups;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->mark_non_differentiable({std::get<1>(outs), std::get<2>(outs), std::get<3>(outs), std::get<4>(outs)});
+    ctx->set_materialize_grads(false);  // no zero-filled gradients for the statistics
+    return {std::get<0>(outs), std::get<1>(outs), std::get<2>(outs), std::get<3>(outs), std::get<4>(outs)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list result(7);
+    const Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1];
+    const Tensor group_id = ctx->saved_data["group_id"].toTensor();
+    const Tensor group_count = ctx->saved_data["group_count"].toTensor();
+    const int64_t num_groups = ctx->saved_data["num_groups"].toInt();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(3),
+                                      ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(4)};
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: gradients that are themselves differentiable, from the plain formulation.
+      std::vector<Tensor> inputs;
+      if (mask[0]) inputs.push_back(x);
+      if (mask[1]) inputs.push_back(weight);
+      if (!inputs.empty()) {
+        const Tensor y = std::get<0>(composite_op().call(x, group_id, group_count, optional(weight), c10::nullopt,
+                                                         num_groups, ctx->saved_data["eps"].toDouble()));
+        auto partial = torch::autograd::grad({y}, inputs, {grad_y}, /*retain_graph=*/true, /*create_graph=*/true,
+                                             /*allow_unused=*/true);
+        size_t next = 0;
+        if (mask[0]) result[0] = partial[next++];
+        if (mask[1]) result[3] = partial[next++];
+      }
+      if (mask[2]) {
+        std::vector<int64_t> dims = {0};
+        for (int64_t d = 2; d < grad_y.dim(); ++d) dims.push_back(d);
+        result[4] = grad_y.sum(dims).to(weight.defined() ? weight.scalar_type() : grad_y.scalar_type());
+      }
+      return result;
+    }
+    BackwardResult outs = backward_op().call(grad_y, x, saved[2], saved[3], group_id, group_count, optional(weight),
+                                             num_groups, mask);
+    if (mask[0]) result[0] = std::get<0>(outs);
+    if (mask[1]) result[3] = std::get<1>(outs);
+    if (mask[2]) result[4] = std::get<2>(outs);
+    return result;
+  }
+};
+
+bool has_forward_grad(const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+
+// torch.func transforms (grad, vjp, jvp, vmap of those) cannot run a C++ autograd::Function.
+bool under_functorch() {
+  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) ||
+         c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerBackMode);
+}
+
+ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const Tensor& group_count,
+                                  const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
+                                  double eps) {
+  const Tensor w = weight.has_value() ? *weight : Tensor(), b = bias.has_value() ? *bias : Tensor();
+  if (under_functorch() || has_forward_grad(x) || has_forward_grad(w) || has_forward_grad(b))
+    return composite_op().call(x, group_id, group_count, weight, bias, num_groups, eps);
+  auto outs = GroupNormFunction::apply(x, group_id, group_count, weight, bias, num_groups, eps);
+  return {outs[0], outs[1], outs[2], outs[3], outs[4]};
 }
 
 }  // namespace
 
+TORCH_LIBRARY_IMPL(dgn, CPU, m) {
+  m.impl("group_norm", &cpu_group_norm);
+  m.impl("group_norm_backward", &cpu_group_norm_backward);
+  m.impl("update_channel_stats_", &cpu_update_channel_stats);
+}
+
+TORCH_LIBRARY_IMPL(dgn, Autograd, m) { m.impl("group_norm", &autograd_group_norm); }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Native CPU kernels of Dynamic Group Normalization (see dgn_plugins/kernels/cpu_native.py)";
-  m.def("forward", &forward, "DGN forward: (y, channel_mean, channel_var, group_mean, group_rstd)", py::arg("x"),
-        py::arg("weight"), py::arg("bias"), py::arg("group_id"), py::arg("group_count"), py::arg("num_groups"),
-        py::arg("eps"));
-  m.def("backward", &backward, "DGN backward: (dx, dweight, dbias), None where not needed", py::arg("grad_y"),
-        py::arg("x"), py::arg("weight"), py::arg("group_mean"), py::arg("group_rstd"), py::arg("group_id"),
-        py::arg("group_count"), py::arg("num_groups"), py::arg("needs_dx"), py::arg("needs_dweight"),
-        py::arg("needs_dbias"));
-  m.def("apply", &apply,
-        "Differentiable forward (y, channel_mean, channel_var), the backward in C++; the statistics are not "
-        "differentiable",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("group_id"), py::arg("group_count"),
-        py::arg("num_groups"), py::arg("eps"));
-  m.def("ema_update_", &ema_update_,
-        "In-place EMA of the layer's running channel statistics; False (nothing done) for tensors it does not handle");
+  m.doc() = "Native CPU kernels of Dynamic Group Normalization: registers the dgn:: operators' CPU and autograd "
+            "kernels on import (see dgn_plugins/ops.py)";
   m.def("supported_isas", &supported_isas, "Instruction sets the row loops can use on this CPU, best first");
   m.def("set_isa", &set_isa, "Use one instruction set's row loops ('' = best); returns the one in use",
         py::arg("isa") = "");

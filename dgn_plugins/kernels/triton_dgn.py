@@ -31,7 +31,7 @@ Arithmetic is float32 for float16 / bfloat16 / float32 inputs (float64 for
 float64); outputs keep the input's dtype. Only ``x``, the weight and the
 [N, K] mean and 1/std are saved for backward, as in ``F.group_norm``.
 
-Selection and the ``DGN_BACKEND`` switch: see :mod:`dgn_plugins.kernels`.
+Registered as the CUDA kernels of the ``dgn::`` operators (:mod:`dgn_plugins.ops`).
 Tests run these kernels on the CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``, which must be set before triton is imported).
 """
@@ -45,12 +45,14 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ..functional import PIVOT_RATIO, affine_gradients, save_for_group_norm_backward
+from ..functional import compute_dtype
 from ..layout import GroupLayout
 
-__all__ = ["TritonDynamicGroupNormFunction", "dynamic_group_norm_triton", "interpreting"]
+__all__ = ["forward_kernel", "backward_kernel", "interpreting"]
+
+#: Above this |group mean| / group std, the apply passes subtract the group mean first.
+PIVOT_RATIO = 16.0
 
 
 def interpreting() -> bool:
@@ -371,10 +373,6 @@ def _accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _group_block(num_channels: int, num_groups: int) -> int:
     return max(16, min(256, triton.next_power_of_2(2 * triton.cdiv(num_channels, num_groups))))
 
@@ -386,7 +384,7 @@ def _forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], offset
     num_groups = offsets.numel() - 1
     x3 = _flat(x)
     s = x3.shape[2]
-    stats_dtype = _stats_dtype(x.dtype)
+    stats_dtype = compute_dtype(x.dtype)
     y = torch.empty_like(x)
     y3 = _flat(y)
     launch = _Launch(n, c, s, x3.stride(1) == 1 and c > 1, x.device)
@@ -421,7 +419,7 @@ def _backward(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], group_mean: T
     num_groups = offsets.numel() - 1
     x3, dy3 = _flat(x), _flat(grad_y)
     s = x3.shape[2]
-    stats_dtype = _stats_dtype(x.dtype)
+    stats_dtype = compute_dtype(x.dtype)
     launch = _Launch(n, c, s, x3.stride(1) == 1 and c > 1, x.device)
     acc = _accumulator(x.dtype)
     partial = torch.empty((2, launch.splits, n, c), device=x.device, dtype=stats_dtype)
@@ -450,28 +448,48 @@ def _backward(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], group_mean: T
     return grad_x, grad_weight_per_sample.sum(0), grad_bias_per_sample.sum(0)
 
 
-class TritonDynamicGroupNormFunction(torch.autograd.Function):
-    """Inputs as the plain path's Function, with the grouping as ``offsets`` / ``channels``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, group_id, offsets, channels, eps):
-        y, channel_mean, channel_var, group_mean, group_rstd = _forward(x, weight, bias, offsets, channels, eps)
-        save_for_group_norm_backward(ctx, x, weight, bias, group_mean, group_rstd, channel_mean, channel_var,
-                                     group_id=group_id, offsets=offsets, channels=channels)
-        return y, channel_mean, channel_var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y, _grad_mean, _grad_var):
-        x, weight, group_mean, group_rstd = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = _backward(
-            grad_y, x, weight, group_mean, group_rstd, ctx.group_id, ctx.offsets, ctx.channels, ctx.needs_input_grad[0])
-        grad_weight, grad_bias = affine_gradients(ctx, weight, grad_y, grad_weight, grad_bias)
-        return grad_x, grad_weight, grad_bias, None, None, None, None
+_layouts: "dict" = {}
 
 
-def dynamic_group_norm_triton(
-    x: Tensor, layout: GroupLayout, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(y, channel_mean, channel_var)`` for x (N, C, *) with N * S > 0 (grouping buffers on x's device)."""
-    return TritonDynamicGroupNormFunction.apply(x, weight, bias, layout.group_id, layout.offsets, layout.channels, eps)
+def _layout(group_id: Tensor, num_groups: int) -> GroupLayout:
+    """Channels sorted by group and offsets, cached per grouping (a regroup writes group_id in place)."""
+    key = (group_id.device, group_id.data_ptr(), group_id._version, num_groups)
+    layout = _layouts.get(key)
+    if layout is None:
+        if len(_layouts) > 4096:  # groupings of layers long gone
+            _layouts.clear()
+        layout = _layouts[key] = GroupLayout.from_group_ids(group_id, num_groups)
+    return layout
+
+
+def forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps):
+    """``dgn::group_norm`` for tensors Triton runs (CUDA, or CPU under the interpreter)."""
+    if x.numel() == 0:
+        from ..functional import reference_forward
+
+        return reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+    squeeze = x.dim() == 2
+    layout = _layout(group_id.long(), num_groups)
+    y, *stats = _forward(x.unsqueeze(-1) if squeeze else x, weight, bias, layout.offsets, layout.channels, eps)
+    return (y.squeeze(-1) if squeeze else y, *stats)
+
+
+def backward_kernel(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups, output_mask):
+    """``dgn::group_norm_backward`` for tensors Triton runs."""
+    if x.numel() == 0:
+        from ..functional import reference_backward
+
+        return reference_backward(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups,
+                                  list(output_mask))
+    squeeze = x.dim() == 2
+    if squeeze:
+        grad_y, x = grad_y.unsqueeze(-1), x.unsqueeze(-1)
+    group_id = group_id.long()
+    layout = _layout(group_id, num_groups)
+    grad_x, grad_weight, grad_bias = _backward(grad_y, x, weight, group_mean, group_rstd, group_id, layout.offsets,
+                                               layout.channels, output_mask[0])
+    param_dtype = weight.dtype if weight is not None else grad_y.dtype
+    empty = x.new_empty(0)
+    return (grad_x.squeeze(-1) if squeeze and output_mask[0] else (grad_x if output_mask[0] else empty),
+            grad_weight.to(param_dtype) if output_mask[1] else empty,
+            grad_bias.to(param_dtype) if output_mask[2] else empty)

@@ -11,12 +11,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # d2_support
 
 
-@pytest.fixture(autouse=True)
-def _plain_dgn_backend(monkeypatch):
-    """The plain PyTorch DGN path: ``auto`` would compile (torch.compile) per new CPU shape, minutes on 2 cores."""
-    monkeypatch.setenv("DGN_BACKEND", "torch")
-
-
 @pytest.fixture(scope="session")
 def synthetic_coco_root(tmp_path_factory):
     """A small generated data set, registered as ``dgn_synthetic_coco_{train,val}``.

@@ -61,7 +61,7 @@ def test_two_cpu_processes_over_gloo(synthetic_coco_root, tmp_path):
         sys.executable, "-m", "dgn_plugins.detectron2.launcher", "--config-file", DEMO_DGN,
         "--num-gpus", "2", "--dist-url", "auto", *_tiny_opts(output_dir), "DATASETS.TEST", "()",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DGN_BACKEND="torch")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
     final = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)

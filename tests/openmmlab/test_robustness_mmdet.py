@@ -55,7 +55,7 @@ def test_tool_sweeps_trained_gn_and_dgn_detectors(trained, tmp_path):
     command = [sys.executable, os.path.join(ROOT, "tools", "test_robustness.py"),
                "--models", f"GN={gn[0]},{gn[1]}", f"DGN={dgn[0]},{dgn[1]}",
                "--corruptions", "fog", "--severities", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DGN_BACKEND="torch")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

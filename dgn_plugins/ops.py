@@ -1,0 +1,315 @@
+"""The DGN operators, registered with ``torch.library`` (namespace ``dgn``).
+
+``dgn::group_norm(input, group_id, group_count, weight?, bias?, num_groups, eps)
+-> (y, channel_mean, channel_var, group_mean, group_rstd)``
+    the forward; statistics are float32 (float64 for float64 input), [N, C]
+    and [N, K]. Only ``y`` is differentiable.
+``dgn::group_norm_backward(grad_y, input, group_mean, group_rstd, group_id,
+group_count, weight?, num_groups, output_mask) -> (dx, dweight, dbias)``
+    its backward, from what ``F.group_norm`` saves; outputs not in the mask
+    are empty.
+``dgn::group_norm_composite(...)``
+    the forward as plain differentiable PyTorch ops
+    (:func:`dgn_plugins.functional.reference_forward`): what autograd
+    differentiates where a second derivative or forward-mode AD is asked for.
+``dgn::update_channel_stats_(running_mean!, running_var!, num_updates!,
+channel_mean, channel_var, momentum) -> ()``
+    the layer's EMA of its running channel statistics.
+
+Kernels, picked by the dispatcher from the input's device:
+
+- CPU: the C++ extension ``dgn_plugins._C`` (registered when it loads), which
+  also carries the autograd kernel;
+- CUDA: the Triton kernels (:mod:`dgn_plugins.kernels.triton_dgn`) when
+  Triton imports;
+- any other device, or no extension: the plain formulations of
+  :mod:`dgn_plugins.functional`. Without the extension the forward is the
+  composite itself, so autograd differentiates the plain ops.
+
+Fake (meta) implementations let ``torch.compile`` and ``torch.export`` trace
+the operators without running them, and ``vmap`` rules fold the vmapped
+dimension into the batch, as GroupNorm's batching rule does.
+
+Which kernels run can be changed for testing and debugging with
+:func:`set_backend` / :func:`use_backend` (``DGN_BACKEND`` sets the default,
+read once at import): ``"native"`` (the default: the kernels above),
+``"reference"`` (the plain formulation everywhere, autograd by composition)
+or ``"triton"`` (the Triton kernels on CPU tensors too, for Triton's
+interpreter).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Iterator, Optional
+
+import torch
+
+from . import functional
+
+__all__ = ["BACKENDS", "backend", "native_available", "native_import_error", "set_backend", "use_backend",
+           "triton_available"]
+
+BACKENDS = ("native", "reference", "triton")
+
+_library = torch.library.Library("dgn", "DEF")
+_library.define("group_norm(Tensor input, Tensor group_id, Tensor group_count, Tensor? weight, Tensor? bias, "
+                "int num_groups, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+_library.define("group_norm_composite(Tensor input, Tensor group_id, Tensor group_count, Tensor? weight, "
+                "Tensor? bias, int num_groups, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+_library.define("group_norm_backward(Tensor grad_y, Tensor input, Tensor group_mean, Tensor group_rstd, "
+                "Tensor group_id, Tensor group_count, Tensor? weight, int num_groups, bool[3] output_mask) "
+                "-> (Tensor, Tensor, Tensor)")
+_library.define("update_channel_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!) num_updates, "
+                "Tensor channel_mean, Tensor channel_var, float momentum) -> ()")
+
+
+# ------------------------------------------------------------------ plain kernels
+def _forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps):
+    """The plain forward as a kernel (below autograd: nothing is recorded)."""
+    with torch.no_grad():
+        return functional.reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+
+
+def _backward_kernel(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups, output_mask):
+    with torch.no_grad():
+        return functional.reference_backward(grad_y, x, group_mean, group_rstd, group_id, group_count, weight,
+                                             num_groups, list(output_mask))
+
+
+@torch.no_grad()
+def update_channel_stats_reference(running_mean, running_var, num_updates, channel_mean, channel_var, momentum):
+    """The EMA in plain ops: batch mean and total variance per channel, lerped into the running values.
+
+    The first update seeds them, but only from a batch whose statistics are all
+    finite (a non-finite first batch would otherwise leave unseeded channels
+    that later batches lerp from their initial values); later non-finite
+    values leave the running ones unchanged.
+    """
+    if channel_mean.shape[0] == 0:
+        return
+    batch_mean = channel_mean.double().mean(0)
+    batch_var = (channel_var.double() + (channel_mean.double() - batch_mean).pow(2)).mean(0)
+    if int(num_updates) == 0:
+        if not (torch.isfinite(batch_mean).all() and torch.isfinite(batch_var).all()):
+            return
+        running_mean.copy_(batch_mean)
+        running_var.copy_(batch_var)
+    else:
+        for running, batch in ((running_mean, batch_mean), (running_var, batch_var)):
+            updated = torch.lerp(running.double(), batch, momentum)
+            running.copy_(torch.where(torch.isfinite(updated), updated, running.double()))
+    num_updates.add_(1)
+
+
+_library.impl("group_norm_composite", functional.reference_forward, "CompositeImplicitAutograd")
+_library.impl("update_channel_stats_", torch.library.fallthrough_kernel, "Autograd")
+
+
+# ------------------------------------------------------------------ fake implementations
+def _fake_forward(x, group_id, group_count, weight, bias, num_groups, eps):
+    stats_dtype = functional.compute_dtype(x.dtype)
+    n, c = x.shape[:2]
+    y = torch.empty_like(x, memory_format=functional.output_memory_format(x))
+    stats = [x.new_empty((n, c), dtype=stats_dtype) for _ in range(2)]
+    groups = [x.new_empty((n, num_groups), dtype=stats_dtype) for _ in range(2)]
+    return (y, *stats, *groups)
+
+
+def _fake_backward(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups, output_mask):
+    param_dtype = weight.dtype if weight is not None else grad_y.dtype
+    c = x.shape[1]
+    return (torch.empty_like(x, memory_format=functional.output_memory_format(x)) if output_mask[0] else x.new_empty(0),
+            x.new_empty(c, dtype=param_dtype) if output_mask[1] else x.new_empty(0),
+            x.new_empty(c, dtype=param_dtype) if output_mask[2] else x.new_empty(0))
+
+
+def _fake_update(running_mean, running_var, num_updates, channel_mean, channel_var, momentum):
+    return None
+
+
+torch.library.register_fake("dgn::group_norm", _fake_forward, lib=_library)
+torch.library.register_fake("dgn::group_norm_backward", _fake_backward, lib=_library)
+torch.library.register_fake("dgn::update_channel_stats_", _fake_update, lib=_library)
+
+
+# ------------------------------------------------------------------ vmap
+def _fold(t, in_dim):
+    """Move the vmapped dimension next to the batch and merge them: (B, N, ...) -> (B*N, ...)."""
+    t = t.movedim(in_dim, 0)
+    return t.reshape((t.shape[0] * t.shape[1],) + tuple(t.shape[2:])), t.shape[0]
+
+
+def _loop(op, info, in_dims, *args):
+    """The general rule: one call per vmapped slice, results stacked along dim 0."""
+    outs = []
+    for index in range(info.batch_size):
+        outs.append(op(*(a.select(d, index) if d is not None else a for a, d in zip(args, in_dims))))
+    stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+    return stacked, (0,) * len(stacked)
+
+
+def _forward_vmap(info, in_dims, x, group_id, group_count, weight, bias, num_groups, eps):
+    # Per-sample statistics: a vmapped input is a bigger batch (GroupNorm's own rule).
+    if in_dims[0] is not None and all(d is None for d in in_dims[1:5]):
+        folded, size = _fold(x, in_dims[0])
+        outs = torch.ops.dgn.group_norm(folded, group_id, group_count, weight, bias, num_groups, eps)
+        return tuple(o.reshape((size, -1) + tuple(o.shape[1:])) for o in outs), (0,) * 5
+    args = (x, group_id, group_count, weight, bias)
+    return _loop(lambda *a: torch.ops.dgn.group_norm(*a, num_groups, eps), info, in_dims[:5], *args)
+
+
+def _backward_vmap(info, in_dims, grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups,
+                   output_mask):
+    args = (grad_y, x, group_mean, group_rstd, group_id, group_count, weight)
+    return _loop(lambda *a: torch.ops.dgn.group_norm_backward(*a, num_groups, output_mask), info, in_dims[:7], *args)
+
+
+def _update_vmap(info, in_dims, running_mean, running_var, num_updates, channel_mean, channel_var, momentum):
+    if any(d is not None for d in in_dims[:3]):
+        raise RuntimeError("vmap over DynamicGroupNorm's running statistics themselves is not supported: "
+                           "put the layer in eval mode or pass track_channel_stats=False")
+    # A vmapped batch of statistics is one bigger batch, as without vmap.
+    mean = _fold(channel_mean, in_dims[3])[0] if in_dims[3] is not None else channel_mean
+    var = _fold(channel_var, in_dims[4])[0] if in_dims[4] is not None else channel_var
+    torch.ops.dgn.update_channel_stats_(running_mean, running_var, num_updates, mean, var, momentum)
+    return None, None
+
+
+torch.library.register_vmap("dgn::group_norm", _forward_vmap, lib=_library)
+torch.library.register_vmap("dgn::group_norm_backward", _backward_vmap, lib=_library)
+torch.library.register_vmap("dgn::update_channel_stats_", _update_vmap, lib=_library)
+
+
+# ------------------------------------------------------------------ kernels per device
+def _load_native():
+    """The C++ extension, which registers the CPU and autograd kernels as it loads; None if not built."""
+    try:
+        from . import _C
+    except ImportError as error:  # not built (pure-Python install) or built against another torch
+        return None, f"{type(error).__name__}: {error}"
+    return _C, None
+
+
+_native, _native_error = _load_native()
+
+
+def native_available() -> bool:
+    """True when the C++ extension ``dgn_plugins._C`` is loaded (its kernels are registered)."""
+    return _native is not None
+
+
+def native_import_error() -> Optional[str]:
+    """Why the extension is unavailable (None when it is available)."""
+    return _native_error
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels import."""
+    from .kernels import triton_available as available
+
+    return available()
+
+
+if _native is not None:
+    # Devices the extension has no kernel for run the plain formulation under its autograd kernel.
+    _library.impl("group_norm", _forward_kernel, "CompositeExplicitAutograd")
+    _library.impl("group_norm_backward", _backward_kernel, "CompositeExplicitAutograd")
+    _library.impl("update_channel_stats_", update_channel_stats_reference, "CompositeExplicitAutograd")
+    if triton_available():
+        from .kernels import triton_dgn
+
+        _library.impl("group_norm", triton_dgn.forward_kernel, "CUDA")
+        _library.impl("group_norm_backward", triton_dgn.backward_kernel, "CUDA")
+else:
+    # No autograd kernel without the extension: the composite is the operator, on every device.
+    _library.impl("group_norm", functional.reference_forward, "CompositeImplicitAutograd")
+    _library.impl("group_norm_backward", _backward_kernel, "CompositeExplicitAutograd")
+    _library.impl("update_channel_stats_", update_channel_stats_reference, "CompositeExplicitAutograd")
+
+
+# ------------------------------------------------------------------ backend choice
+_backend = "native"
+_override: Optional[torch.library.Library] = None
+
+
+def _override_library(name: str, device_types) -> torch.library.Library:
+    """A library whose registrations put ``name``'s kernels in front for these devices."""
+    library = torch.library.Library("dgn", "IMPL")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid.*")
+        for device in device_types:
+            if name == "reference":
+                # Autograd differentiates the plain ops (double backward, forward AD included).
+                library.impl("group_norm", functional.reference_forward, f"Autograd{device}")
+                library.impl("group_norm", _forward_kernel, device)
+                library.impl("group_norm_backward", _backward_kernel, device)
+                library.impl("update_channel_stats_", update_channel_stats_reference, device)
+            else:  # triton
+                from .kernels import triton_dgn
+
+                library.impl("group_norm", triton_dgn.forward_kernel, device)
+                library.impl("group_norm_backward", triton_dgn.backward_kernel, device)
+    return library
+
+
+def _check_backend(name: str) -> str:
+    name = (name or "native").strip().lower()
+    if name in ("auto", "default"):
+        name = "native"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown DGN backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "triton":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("the Triton backend puts Triton's kernels on CPU tensors, which needs its interpreter "
+                               "(TRITON_INTERPRET=1 before triton is imported); CUDA tensors take them by default")
+        if not triton_available():
+            from .kernels import triton_import_error
+
+            raise RuntimeError(f"the Triton backend is unavailable: {triton_import_error()}")
+        if _native is None:
+            raise RuntimeError("the Triton backend on CPU tensors needs the C++ extension's autograd kernel "
+                               f"({_native_error}); build it with `pip install --no-build-isolation -e .`")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Choose the kernels for the rest of the process: ``"native"``, ``"reference"`` or ``"triton"``.
+
+    ``"native"`` (default) lets the dispatcher pick the fastest kernel per
+    device; ``"reference"`` runs the plain PyTorch formulation everywhere
+    (the reference the kernels are tested against, differentiated by
+    autograd); ``"triton"`` runs the Triton kernels on CPU tensors too (with
+    ``TRITON_INTERPRET=1``). Changing it re-registers kernels: choose once,
+    not per call.
+    """
+    global _backend, _override
+    name = _check_backend(name)
+    if _override is not None:
+        _override._destroy()
+        _override = None
+    if name == "reference" and _native is not None:
+        _override = _override_library("reference", ("CPU", "CUDA"))
+    elif name == "triton":
+        _override = _override_library("triton", ("CPU",))
+    _backend = name
+
+
+def backend() -> str:
+    """The backend chosen by :func:`set_backend` (or ``DGN_BACKEND``)."""
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """:func:`set_backend` for a ``with`` block, restoring the previous choice after it."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+set_backend(os.environ.get("DGN_BACKEND", "native"))
