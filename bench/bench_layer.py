@@ -1,13 +1,15 @@
-"""DynamicGroupNorm vs F.group_norm on the CPU: forward, forward+backward, peak memory.
+"""DynamicGroupNorm vs nn.GroupNorm on the CPU: forward, forward+backward, peak memory, per-layer overhead.
 
 Shapes follow Mask R-CNN R50-FPN activations (N = 2, C = 64...2048, C*H*W
-about 1-4M). Both the default (GN-equal) grouping and a ragged, shuffled
-grouping are timed, each with the plain PyTorch path (``DGN_BACKEND=torch``,
-the reference), the ``torch.compile`` path (``DGN_BACKEND=compile``) and the
-C++ extension (``DGN_BACKEND=native``, what ``auto`` selects when it is
-built; see ``dgn_plugins.kernels``), interleaved in one run so that the
-ratios to GN sit side by side. Targets: forward+backward <= 1.15x GN, peak
-memory <= GN.
+about 1-4M), in three variants: NCHW float32, channels_last float32 and NCHW
+bfloat16. Both the default (GN-equal) grouping and a ragged, shuffled grouping
+are timed, each with the ``native`` backend (the C++ kernels: what the
+dispatcher runs on the CPU) and the ``reference`` backend (the plain PyTorch
+formulation), interleaved with GN in one run so that the ratios sit side by
+side. Both modules are in training mode (DGN updates its running statistics).
+The last row, ``overhead``, is a 2x64x1x1 input: the fixed cost of one layer's
+forward+backward. Targets: forward+backward <= 1.10x GN on every row, NCHW
+float32 <= 1.05x, peak memory 1.0x, overhead <= 1.2x GN's.
 
     python bench/bench_layer.py [--repeats 15] [--threads 2] [--clock wall|cpu] [--no-memory] [--malloc steady|default]
 
@@ -30,21 +32,20 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib  # noqa: E402
-from dgn_plugins import DynamicGroupNorm  # noqa: E402
-from dgn_plugins.layout import group_bounds  # noqa: E402
+from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib
+from dgn_plugins import DynamicGroupNorm, ops, use_backend
+from dgn_plugins.layout import group_bounds
 
 SHAPES = [(64, 128, 160), (256, 96, 128), (256, 64, 80), (512, 48, 64), (1024, 32, 48), (2048, 24, 32)]
+VARIANTS = {"nchw f32": (torch.contiguous_format, torch.float32),
+            "cl f32": (torch.channels_last, torch.float32),
+            "nchw bf16": (torch.contiguous_format, torch.bfloat16)}
 GROUPS = 32
-PATHS = ("plain", "compile", "native")
+PATHS = ("native", "reference")
 #: glibc settings of ``--malloc steady``: buffers up to 32 MiB come from the heap, which is never trimmed.
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-BACKEND_OF = {"plain": "torch", "compile": "compile", "native": "native"}
 
 
 def ragged_group_ids(channels: int, groups: int, seed: int = 0) -> torch.Tensor:
@@ -62,45 +63,46 @@ def ragged_group_ids(channels: int, groups: int, seed: int = 0) -> torch.Tensor:
     return ids[torch.randperm(channels, generator=gen)]
 
 
-def make_case(channels, height, width, layout, requires_grad=True):
-    x = torch.randn(2, channels, height, width, requires_grad=requires_grad)
-    dy = torch.randn(2, channels, height, width)
-    layer = DynamicGroupNorm(channels, GROUPS)
+def make_case(channels, height, width, layout, variant):
+    memory_format, dtype = VARIANTS[variant]
+    x = torch.randn(2, channels, height, width).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
+    dy = torch.randn(2, channels, height, width).to(dtype).contiguous(memory_format=memory_format)
+    groups = min(GROUPS, channels // 2)
+    gn = nn.GroupNorm(groups, channels).to(dtype)
+    dgn = DynamicGroupNorm(channels, groups).to(dtype)
     if layout == "ragged":
-        layer.set_group_ids(ragged_group_ids(channels, GROUPS))
-    weight = torch.ones(channels, requires_grad=True)
-    bias = torch.zeros(channels, requires_grad=True)
-    return x, dy, layer, weight, bias
+        dgn.set_group_ids(ragged_group_ids(channels, groups))
+    return x, dy, gn, dgn
 
 
-def _on(backend, fn):
-    """``fn`` run with ``DGN_BACKEND=backend`` (read by the layer on every call)."""
-    def run():
-        os.environ["DGN_BACKEND"] = backend
-        return fn()
-    return run
+def step_fns(x, dy, gn, dgn):
+    """{"gn" | "native" | "reference": (forward, forward+backward)}."""
+    def forward(module, backend=None):
+        def run():
+            with torch.no_grad(), use_backend(backend) if backend else _nothing():
+                module(x)
+        return run
 
+    def train(module, backend=None):
+        params = tuple(module.parameters())
 
-def step_fns(x, dy, layer, weight, bias):
-    """{"gn" | "plain" | "compile" | "native": (forward, forward+backward)}."""
-    def gn_forward():
-        with torch.no_grad():
-            F.group_norm(x, GROUPS, weight, bias)
+        def run():
+            with use_backend(backend) if backend else _nothing():
+                torch.autograd.grad(module(x), (x, *params), dy)
+        return run
 
-    def dgn_forward():
-        with torch.no_grad():
-            layer(x)
-
-    def gn_train():
-        torch.autograd.grad(F.group_norm(x, GROUPS, weight, bias), (x, weight, bias), dy)
-
-    def dgn_train():
-        torch.autograd.grad(layer(x), (x, layer.weight, layer.bias), dy)
-
-    fns = {"gn": (gn_forward, gn_train)}
+    fns = {"gn": (forward(gn), train(gn))}
     for path in PATHS:
-        fns[path] = (_on(BACKEND_OF[path], dgn_forward), _on(BACKEND_OF[path], dgn_train))
+        fns[path] = (forward(dgn, path), train(dgn, path))
     return fns
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def medians(candidates, repeats, clock):
@@ -117,27 +119,35 @@ def medians(candidates, repeats, clock):
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def memory_child(channels, height, width, layout):
-    x, dy, layer, weight, bias = make_case(channels, height, width, layout)
-    fns = step_fns(x, dy, layer, weight, bias)
-    for _, train in fns.values():  # warm up lazy initialisation (and compilation) outside the measurement
+def overhead_medians(repeats, clock, calls=200):
+    """Per-call forward+backward time of each candidate on a 2x64x1x1 input: the fixed cost of a layer."""
+    x, dy, gn, dgn = make_case(64, 1, 1, "default", "nchw f32")
+    fns = step_fns(x, dy, gn, dgn)
+    batched = {}
+    for name, (_, train) in fns.items():
+        if name == "reference":
+            continue
+
+        def many(train=train):
+            for _ in range(calls):
+                train()
+        batched[name] = many
+    return {name: value / calls for name, value in medians(batched, repeats, clock).items()}
+
+
+def memory_child(channels, height, width, layout, variant):
+    x, dy, gn, dgn = make_case(channels, height, width, layout, variant)
+    fns = step_fns(x, dy, gn, dgn)
+    for _, train in fns.values():  # warm up lazy initialisation outside the measurement
         train()
     print(json.dumps({name: peak_rss_delta_mib(train) for name, (_, train) in fns.items()}))
 
 
-def measure_memory(channels, height, width, layout):
-    command = [sys.executable, __file__, "--memory-child", json.dumps([channels, height, width, layout])]
+def measure_memory(channels, height, width, layout, variant):
+    command = [sys.executable, __file__, "--memory-child", json.dumps([channels, height, width, layout, variant])]
     env = {key: value for key, value in fixed_malloc_env().items() if key != "MALLOC_TRIM_THRESHOLD_"}
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def first_call_seconds(channels, path):
-    """Time of a path's first forward+backward in this process (for ``compile``: its compilation)."""
-    x, dy, layer, weight, bias = make_case(channels, 48, 64, "default")
-    start = time.perf_counter()
-    step_fns(x, dy, layer, weight, bias)[path][1]()
-    return time.perf_counter() - start
 
 
 def main():
@@ -145,6 +155,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
                         help="steady: no page faults from freed-and-remapped buffers (see above)")
@@ -158,43 +169,43 @@ def main():
         return
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu times one thread: use it with --threads 1")
+    if not ops.native_available():
+        parser.error(f"the native extension dgn_plugins._C is not available ({ops.native_import_error()})")
 
-    from dgn_plugins.kernels import native_available
-
-    if not native_available():
-        parser.error("the native extension dgn_plugins._C is not built (pip install --no-build-isolation -e .)")
-    native_s = first_call_seconds(SHAPES[0][0], "native")
-    compile_s = first_call_seconds(SHAPES[0][0], "compile")
-    print(f"torch {torch.__version__}, {args.threads} threads, N=2, K={GROUPS}, float32, CPU; "
-          f"medians of {args.repeats} ({args.clock} clock); first call: compile {compile_s:.1f} s "
-          f"(compilation), native {native_s * 1e3:.0f} ms")
-    print("ratios are to GN; plain = DGN_BACKEND=torch, compile = DGN_BACKEND=compile, native = DGN_BACKEND=native; "
-          f"malloc {args.malloc}")
-    columns = " ".join(f"{p:>7}" for p in PATHS)
-    header = (f"{'C':>5} {'HxW':>8} {'layout':>8} | {'fwd GN ms':>9} {columns} | "
+    print(f"torch {torch.__version__}, {args.threads} threads, N=2, K={GROUPS}, CPU; medians of {args.repeats} "
+          f"({args.clock} clock); ratios are to nn.GroupNorm, both modules in training mode; "
+          f"native = dgn_plugins' C++ kernels, reference = the plain PyTorch formulation; malloc {args.malloc}")
+    columns = " ".join(f"{p:>9}" for p in PATHS)
+    header = (f"{'variant':>9} {'C':>5} {'HxW':>8} {'layout':>8} | {'fwd GN ms':>9} {columns} | "
               f"{'f+b GN ms':>9} {columns}")
     if not args.no_memory:
         header += f" | {'peak GN MiB':>11} {columns}"
     print(header)
     print("-" * len(header))
-    worst = {path: 0.0 for path in PATHS}
-    for channels, height, width in SHAPES:
-        for layout in ("default", "ragged"):
-            x, dy, layer, weight, bias = make_case(channels, height, width, layout)
-            fns = step_fns(x, dy, layer, weight, bias)
-            fwd = medians({name: pair[0] for name, pair in fns.items()}, args.repeats, args.clock)
-            train = medians({name: pair[1] for name, pair in fns.items()}, args.repeats, args.clock)
-            for path in PATHS:
-                worst[path] = max(worst[path], train[path] / train["gn"])
-            line = (f"{channels:>5} {height:>3}x{width:<4} {layout:>8} | {fwd['gn'] * 1e3:>9.2f} "
-                    + " ".join(f"{fwd[p] / fwd['gn']:>7.2f}" for p in PATHS)
-                    + f" | {train['gn'] * 1e3:>9.2f} " + " ".join(f"{train[p] / train['gn']:>7.2f}" for p in PATHS))
-            if not args.no_memory:
-                memory = measure_memory(channels, height, width, layout)
-                line += f" | {memory['gn']:>11.1f} " + " ".join(
-                    f"{memory[p] / max(memory['gn'], 1e-9):>7.2f}" for p in PATHS)
-            print(line, flush=True)
-    print("worst forward+backward ratio: " + ", ".join(f"{p} {worst[p]:.2f}" for p in PATHS) + " (target <= 1.15)")
+    worst = {}
+    for variant in args.variants:
+        for channels, height, width in SHAPES:
+            for layout in ("default", "ragged"):
+                x, dy, gn, dgn = make_case(channels, height, width, layout, variant)
+                fns = step_fns(x, dy, gn, dgn)
+                fwd = medians({name: pair[0] for name, pair in fns.items()}, args.repeats, args.clock)
+                train = medians({name: pair[1] for name, pair in fns.items()}, args.repeats, args.clock)
+                worst[variant] = max(worst.get(variant, 0.0), train["native"] / train["gn"])
+                line = (f"{variant:>9} {channels:>5} {height:>3}x{width:<4} {layout:>8} | {fwd['gn'] * 1e3:>9.2f} "
+                        + " ".join(f"{fwd[p] / fwd['gn']:>9.2f}" for p in PATHS)
+                        + f" | {train['gn'] * 1e3:>9.2f} "
+                        + " ".join(f"{train[p] / train['gn']:>9.2f}" for p in PATHS))
+                if not args.no_memory:
+                    memory = measure_memory(channels, height, width, layout, variant)
+                    line += f" | {memory['gn']:>11.1f} " + " ".join(
+                        f"{memory[p] / max(memory['gn'], 1e-9):>9.2f}" for p in PATHS)
+                print(line, flush=True)
+    overhead = overhead_medians(args.repeats, args.clock)
+    print(f"{'overhead':>9} {64:>5} {'1x1':>8} {'default':>8} | {'':>9} {'':>9} {'':>9} | "
+          f"{overhead['gn'] * 1e3:>9.3f} {overhead['native'] / overhead['gn']:>9.2f} {'-':>9}")
+    print("worst native forward+backward ratio: " + ", ".join(f"{v} {r:.2f}" for v, r in worst.items())
+          + f"; overhead {overhead['native'] / overhead['gn']:.2f} "
+          "(targets: nchw f32 <= 1.05, every row <= 1.10, overhead <= 1.2)")
 
 
 if __name__ == "__main__":

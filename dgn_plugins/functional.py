@@ -205,6 +205,7 @@ def dynamic_group_norm_with_stats(
     bias: Optional[Tensor] = None,
     eps: float = 1e-5,
     group_count: Optional[Tensor] = None,
+    running_stats: Optional[Tuple[Tensor, Tensor, Tensor, float]] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Normalize ``x`` (N, C, *) over groups given by ``group_id`` ([C]).
 
@@ -212,20 +213,24 @@ def dynamic_group_norm_with_stats(
     statistics ([N, C], biased variance, not differentiable) come for free
     from the forward and feed DGN's running channel statistics.
     ``group_count`` ([K] group sizes) may be passed to avoid recounting them
-    on every call. Under tracing and ``torch.export`` the portable
-    formulation is recorded instead (standard operators only, so the graph
-    runs without this package), and the statistics are None.
+    on every call. ``running_stats`` = ``(running_mean, running_var,
+    num_updates, momentum)`` are updated in place from this batch's
+    statistics (a layer's training step). Under tracing and ``torch.export``
+    the portable formulation is recorded instead (standard operators only, so
+    the graph runs without this package; no statistics, no update).
     """
-    _check_input(x, group_id)
     if torch.jit.is_tracing() or torch.compiler.is_exporting():
         return group_norm_by_assignment(x, assignment_matrix(group_id, num_groups), weight, bias, eps), None, None
+    _check_input(x, group_id)
     if group_count is None:
         group_count = torch.bincount(group_id.long(), minlength=num_groups)
     if x.numel() == x.shape[1]:  # one value per channel in the whole batch
         _check_values_per_group(x, group_count)
-    y, channel_mean, channel_var, _, _ = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias,
-                                                                  num_groups, eps)
-    return y, channel_mean, channel_var
+    if running_stats is None:
+        outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps)
+    else:
+        outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps, *running_stats)
+    return outs[0], outs[1], outs[2]
 
 
 def dynamic_group_norm(

@@ -134,13 +134,13 @@ class DynamicGroupNorm(nn.GroupNorm):
                 f"{type(self).__name__}({self.num_channels}) expects input of shape (N, {self.num_channels}, *), "
                 f"got {tuple(input.shape)}"
             )
-        output, channel_mean, channel_var = dynamic_group_norm_with_stats(
-            input, self.group_id, self.num_groups, self.weight, self.bias, self.eps, self.group_count)
-        if self.training and self.track_channel_stats and channel_mean is not None:
-            # EMA of the batch's channel mean and total variance (non-finite values are skipped).
-            torch.ops.dgn.update_channel_stats_(self.channel_mean_ema, self.channel_var_ema, self.num_stat_updates,
-                                                channel_mean, channel_var, self.momentum)
-        return output
+        # Parameters and buffers straight from their dicts: nn.Module.__getattr__ would cost a few
+        # microseconds per layer and step. In training the same call updates the running statistics.
+        buffers, parameters = self._buffers, self._parameters
+        running = ((buffers["channel_mean_ema"], buffers["channel_var_ema"], buffers["num_stat_updates"], self.momentum)
+                   if self.training and self.track_channel_stats else None)
+        return dynamic_group_norm_with_stats(input, buffers["group_id"], self.num_groups, parameters["weight"],
+                                             parameters["bias"], self.eps, buffers["group_count"], running)[0]
 
     def _apply(self, fn, recurse=True):
         # .half() / .bfloat16() leave the running statistics in float32 (.double() makes them float64).

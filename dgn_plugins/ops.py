@@ -1,9 +1,12 @@
 """The DGN operators, registered with ``torch.library`` (namespace ``dgn``).
 
-``dgn::group_norm(input, group_id, group_count, weight?, bias?, num_groups, eps)
--> (y, channel_mean, channel_var, group_mean, group_rstd)``
+``dgn::group_norm(input, group_id, group_count, weight?, bias?, num_groups, eps,
+running_mean!?, running_var!?, num_updates!?, momentum) -> (y, channel_mean,
+channel_var, group_mean, group_rstd)``
     the forward; statistics are float32 (float64 for float64 input), [N, C]
-    and [N, K]. Only ``y`` is differentiable.
+    and [N, K]. Only ``y`` is differentiable. Given running statistics (a
+    layer in training), it also updates them, as ``native_batch_norm`` does:
+    one call per layer and step.
 ``dgn::group_norm_backward(grad_y, input, group_mean, group_rstd, group_id,
 group_count, weight?, num_groups, output_mask) -> (dx, dweight, dbias)``
     its backward, from what ``F.group_norm`` saves; outputs not in the mask
@@ -54,10 +57,11 @@ __all__ = ["BACKENDS", "backend", "native_available", "native_import_error", "se
 BACKENDS = ("native", "reference", "triton")
 
 _library = torch.library.Library("dgn", "DEF")
-_library.define("group_norm(Tensor input, Tensor group_id, Tensor group_count, Tensor? weight, Tensor? bias, "
-                "int num_groups, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-_library.define("group_norm_composite(Tensor input, Tensor group_id, Tensor group_count, Tensor? weight, "
-                "Tensor? bias, int num_groups, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+_FORWARD_ARGUMENTS = ("(Tensor input, Tensor group_id, Tensor group_count, Tensor? weight, Tensor? bias, "
+                      "int num_groups, float eps, Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, "
+                      "Tensor(c!)? num_updates=None, float momentum=0.1) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+_library.define("group_norm" + _FORWARD_ARGUMENTS)
+_library.define("group_norm_composite" + _FORWARD_ARGUMENTS)
 _library.define("group_norm_backward(Tensor grad_y, Tensor input, Tensor group_mean, Tensor group_rstd, "
                 "Tensor group_id, Tensor group_count, Tensor? weight, int num_groups, bool[3] output_mask) "
                 "-> (Tensor, Tensor, Tensor)")
@@ -66,10 +70,27 @@ _library.define("update_channel_stats_(Tensor(a!) running_mean, Tensor(b!) runni
 
 
 # ------------------------------------------------------------------ plain kernels
-def _forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps):
+def _forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
+                    num_updates=None, momentum=0.1):
     """The plain forward as a kernel (below autograd: nothing is recorded)."""
     with torch.no_grad():
-        return functional.reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+        outs = functional.reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+        update_running(outs, running_mean, running_var, num_updates, momentum)
+    return outs
+
+
+def update_running(outs, running_mean, running_var, num_updates, momentum) -> None:
+    """The training step's running-statistics update, from a forward's channel statistics."""
+    if running_mean is not None:
+        torch.ops.dgn.update_channel_stats_(running_mean, running_var, num_updates, outs[1], outs[2], momentum)
+
+
+def _composite(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
+               num_updates=None, momentum=0.1):
+    """The forward as plain differentiable ops: what autograd differentiates for higher derivatives."""
+    outs = functional.reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+    update_running(outs, running_mean, running_var, num_updates, momentum)
+    return outs
 
 
 def _backward_kernel(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups, output_mask):
@@ -103,12 +124,13 @@ def update_channel_stats_reference(running_mean, running_var, num_updates, chann
     num_updates.add_(1)
 
 
-_library.impl("group_norm_composite", functional.reference_forward, "CompositeImplicitAutograd")
+_library.impl("group_norm_composite", _composite, "CompositeImplicitAutograd")
 _library.impl("update_channel_stats_", torch.library.fallthrough_kernel, "Autograd")
 
 
 # ------------------------------------------------------------------ fake implementations
-def _fake_forward(x, group_id, group_count, weight, bias, num_groups, eps):
+def _fake_forward(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
+                  num_updates=None, momentum=0.1):
     stats_dtype = functional.compute_dtype(x.dtype)
     n, c = x.shape[:2]
     y = torch.empty_like(x, memory_format=functional.output_memory_format(x))
@@ -150,14 +172,25 @@ def _loop(op, info, in_dims, *args):
     return stacked, (0,) * len(stacked)
 
 
-def _forward_vmap(info, in_dims, x, group_id, group_count, weight, bias, num_groups, eps):
-    # Per-sample statistics: a vmapped input is a bigger batch (GroupNorm's own rule).
+def _forward_vmap(info, in_dims, x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None,
+                  running_var=None, num_updates=None, momentum=0.1):
+    running = (running_mean, running_var, num_updates)
+    if any(d is not None for d in in_dims[7:10]):
+        raise RuntimeError("vmap over DynamicGroupNorm's running statistics themselves is not supported: "
+                           "put the layer in eval mode or pass track_channel_stats=False")
+    # Per-sample statistics: a vmapped input is a bigger batch (GroupNorm's own rule), for the
+    # running statistics too.
     if in_dims[0] is not None and all(d is None for d in in_dims[1:5]):
         folded, size = _fold(x, in_dims[0])
-        outs = torch.ops.dgn.group_norm(folded, group_id, group_count, weight, bias, num_groups, eps)
+        outs = torch.ops.dgn.group_norm(folded, group_id, group_count, weight, bias, num_groups, eps, *running,
+                                        momentum)
         return tuple(o.reshape((size, -1) + tuple(o.shape[1:])) for o in outs), (0,) * 5
     args = (x, group_id, group_count, weight, bias)
-    return _loop(lambda *a: torch.ops.dgn.group_norm(*a, num_groups, eps), info, in_dims[:5], *args)
+    outs = _loop(lambda *a: torch.ops.dgn.group_norm(*a, num_groups, eps), info, in_dims[:5], *args)
+    if running_mean is not None:
+        batch_mean, batch_var = (o.reshape((-1,) + tuple(o.shape[2:])) for o in outs[0][1:3])
+        torch.ops.dgn.update_channel_stats_(*running, batch_mean, batch_var, momentum)
+    return outs
 
 
 def _backward_vmap(info, in_dims, grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups,
@@ -184,11 +217,18 @@ torch.library.register_vmap("dgn::update_channel_stats_", _update_vmap, lib=_lib
 
 # ------------------------------------------------------------------ kernels per device
 def _load_native():
-    """The C++ extension, which registers the CPU and autograd kernels as it loads; None if not built."""
+    """The C++ extension with its CPU and autograd kernels registered; None (and why) if it is unusable."""
     try:
         from . import _C
     except ImportError as error:  # not built (pure-Python install) or built against another torch
         return None, f"{type(error).__name__}: {error}"
+    try:
+        _C.register_kernels()
+    except RuntimeError as error:  # built from other sources than these schemas
+        reason = (f"dgn_plugins._C does not match this version of dgn_plugins ({str(error).splitlines()[0]}); "
+                  "rebuild it with `pip install --no-build-isolation -e .`")
+        warnings.warn(f"{reason}; using the plain PyTorch kernels", RuntimeWarning, stacklevel=2)
+        return None, reason
     return _C, None
 
 
@@ -224,7 +264,7 @@ if _native is not None:
         _library.impl("group_norm_backward", triton_dgn.backward_kernel, "CUDA")
 else:
     # No autograd kernel without the extension: the composite is the operator, on every device.
-    _library.impl("group_norm", functional.reference_forward, "CompositeImplicitAutograd")
+    _library.impl("group_norm", _composite, "CompositeImplicitAutograd")
     _library.impl("group_norm_backward", _backward_kernel, "CompositeExplicitAutograd")
     _library.impl("update_channel_stats_", update_channel_stats_reference, "CompositeExplicitAutograd")
 
@@ -242,7 +282,7 @@ def _override_library(name: str, device_types) -> torch.library.Library:
         for device in device_types:
             if name == "reference":
                 # Autograd differentiates the plain ops (double backward, forward AD included).
-                library.impl("group_norm", functional.reference_forward, f"Autograd{device}")
+                library.impl("group_norm", _composite, f"Autograd{device}")
                 library.impl("group_norm", _forward_kernel, device)
                 library.impl("group_norm_backward", _backward_kernel, device)
                 library.impl("update_channel_stats_", update_channel_stats_reference, device)

@@ -15,7 +15,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/autograd.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,39 +27,52 @@
 #include <cstring>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
-// The row loops of one instruction set (dgn_rows.h): each runs `rows` consecutive rows.
+// The passes over activations of one instruction set and storage type S (computed in T), see
+// dgn_rows.h and dgn_passes.h. rows_*: `rows` consecutive NCHW rows of `size` elements, per-row
+// parameters. last_*: runs of positions of one sample of a channels-last tensor, per-channel
+// parameters; the reductions add into per-channel double sums, with a scratch of 2 * channels.
+template <typename S, typename T>
+struct Passes {
+  void (*rows_moments)(const S*, int64_t, int64_t, double*, double*);
+  void (*rows_affine)(const S*, S*, int64_t, int64_t, const T*, const T*, const T*);
+  void (*rows_grad_sums)(const S*, const S*, int64_t, int64_t, const T*, double*, double*);
+  void (*rows_grad_input)(const S*, const S*, S*, int64_t, int64_t, const T*, const T*, const T*, const T*);
+  void (*last_pivots)(const S*, int64_t, int64_t, T*);
+  void (*last_moments)(const S*, int64_t, int64_t, const T*, T*, double*, double*);
+  void (*last_affine)(const S*, S*, int64_t, int64_t, const T*, const T*, const T*);
+  void (*last_grad_sums)(const S*, const S*, int64_t, int64_t, const T*, T*, double*, double*);
+  void (*last_grad_input)(const S*, const S*, S*, int64_t, int64_t, const T*, const T*, const T*, const T*);
+};
+
 struct RowKernels {
-  void (*moments_f)(const float*, int64_t, int64_t, double*, double*);
-  void (*moments_d)(const double*, int64_t, int64_t, double*, double*);
-  void (*affine_f)(const float*, float*, int64_t, int64_t, const float*, const float*, const float*);
-  void (*affine_d)(const double*, double*, int64_t, int64_t, const double*, const double*, const double*);
-  void (*grad_sums_f)(const float*, const float*, int64_t, int64_t, const float*, double*, double*);
-  void (*grad_sums_d)(const double*, const double*, int64_t, int64_t, const double*, double*, double*);
-  void (*grad_input_f)(const float*, const float*, float*, int64_t, int64_t, const float*, const float*,
-                       const float*, const float*);
-  void (*grad_input_d)(const double*, const double*, double*, int64_t, int64_t, const double*, const double*,
-                       const double*, const double*);
+  Passes<float, float> f32;
+  Passes<double, double> f64;
+  Passes<uint16_t, float> bf16;
+  Passes<uint16_t, float> f16;
 };
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DGN_X86_VARIANTS 1
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,f16c")
 namespace dgn_avx512 {
 #define DGN_VEC_BYTES 64
 #include "dgn_rows.h"
+#include "dgn_passes.h"
 #undef DGN_VEC_BYTES
 }  // namespace dgn_avx512
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 namespace dgn_avx2 {
 #define DGN_VEC_BYTES 32
 #include "dgn_rows.h"
+#include "dgn_passes.h"
 #undef DGN_VEC_BYTES
 }  // namespace dgn_avx2
 #pragma GCC pop_options
@@ -66,6 +81,7 @@ namespace dgn_avx2 {
 namespace dgn_baseline {
 #define DGN_VEC_BYTES 16
 #include "dgn_rows.h"
+#include "dgn_passes.h"
 #undef DGN_VEC_BYTES
 }  // namespace dgn_baseline
 
@@ -76,9 +92,10 @@ std::vector<std::string> supported_isas() {
 #ifdef DGN_X86_VARIANTS
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c"))
     isas.push_back("avx512");
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isas.push_back("avx2");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    isas.push_back("avx2");
 #endif
   isas.push_back("baseline");
   return isas;
@@ -153,37 +170,6 @@ const int64_t* checked_group_ids(const at::Tensor& group_id, int64_t channels, i
   return ids;
 }
 
-// Typed access to the row loops in use.
-void moments_rows(const float* x, int64_t size, int64_t rows, double* mean, double* var) {
-  g_kernels.moments_f(x, size, rows, mean, var);
-}
-void moments_rows(const double* x, int64_t size, int64_t rows, double* mean, double* var) {
-  g_kernels.moments_d(x, size, rows, mean, var);
-}
-void affine_rows(const float* x, float* y, int64_t size, int64_t rows, const float* c, const float* a, const float* b) {
-  g_kernels.affine_f(x, y, size, rows, c, a, b);
-}
-void affine_rows(const double* x, double* y, int64_t size, int64_t rows, const double* c, const double* a,
-                 const double* b) {
-  g_kernels.affine_d(x, y, size, rows, c, a, b);
-}
-void grad_sums_rows(const float* dy, const float* x, int64_t size, int64_t rows, const float* c, double* s1,
-                    double* s2) {
-  g_kernels.grad_sums_f(dy, x, size, rows, c, s1, s2);
-}
-void grad_sums_rows(const double* dy, const double* x, int64_t size, int64_t rows, const double* c, double* s1,
-                    double* s2) {
-  g_kernels.grad_sums_d(dy, x, size, rows, c, s1, s2);
-}
-void grad_input_rows(const float* dy, const float* x, float* dx, int64_t size, int64_t rows, const float* a,
-                     const float* c, const float* b, const float* d) {
-  g_kernels.grad_input_f(dy, x, dx, size, rows, a, c, b, d);
-}
-void grad_input_rows(const double* dy, const double* x, double* dx, int64_t size, int64_t rows, const double* a,
-                     const double* c, const double* b, const double* d) {
-  g_kernels.grad_input_d(dy, x, dx, size, rows, a, c, b, d);
-}
-
 // The grouping, indexed for the loops: group k is channels members[offsets[k] ..
 // offsets[k + 1]) (counting sort); row r = (i, c) belongs to group entry row_group[r] = i * K + ids[c].
 struct Members {
@@ -205,34 +191,177 @@ const double* optional_doubles(const c10::optional<at::Tensor>& t, std::vector<d
   return holder.data();
 }
 
-template <typename T>
-std::vector<at::Tensor> forward_impl(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                     const c10::optional<at::Tensor>& bias, const int64_t* ids,
-                                     const double* count, int64_t num_groups, double eps) {
-  const int64_t n = x.size(0), channels = x.size(1), rows = n * channels;
-  const int64_t size = x.numel() / rows;
+// How an (N, C, *) tensor is walked: NCHW rows, or per sample a [positions, channels] block.
+struct Shape {
+  int64_t n, channels, size;  // size: positions per sample and channel
+  bool last;                  // channels last
+  int64_t rows() const { return n * channels; }
+};
+
+// The passes of the instruction set in use for storage S.
+template <typename S, typename T> const Passes<S, T>& passes_for(at::ScalarType dtype);
+template <> const Passes<float, float>& passes_for(at::ScalarType) { return g_kernels.f32; }
+template <> const Passes<double, double>& passes_for(at::ScalarType) { return g_kernels.f64; }
+template <> const Passes<uint16_t, float>& passes_for(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? g_kernels.bf16 : g_kernels.f16;
+}
+
+// Channels last: runs of positions of one sample, about GRAIN_SIZE elements each (work items).
+struct PositionRuns {
+  int64_t per_run, per_sample;
+  explicit PositionRuns(const Shape& shape)
+      : per_run(std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, shape.channels))),
+        per_sample((shape.size + per_run - 1) / per_run) {}
+  int64_t count(const Shape& shape) const { return shape.n * per_sample; }
+  int64_t sample(int64_t run) const { return run / per_sample; }
+  int64_t first(int64_t run) const { return (run % per_sample) * per_run; }
+  int64_t length(int64_t run, const Shape& shape) const { return std::min(per_run, shape.size - first(run)); }
+};
+
+// Per-(sample, channel) mean and variance, [N * C], in double: the statistics pass.
+template <typename S, typename T>
+void moments(const Passes<S, T>& p, const S* x, const Shape& shape, double* mean, double* var) {
+  if (!shape.last) {
+    at::parallel_for(0, shape.rows(), grain_rows(shape.size), [&](int64_t begin, int64_t end) {
+      p.rows_moments(x + begin * shape.size, shape.size, end - begin, mean + begin, var + begin);
+    });
+    return;
+  }
+  const int64_t channels = shape.channels, sample_size = shape.size * channels;
+  std::vector<T> pivot(shape.n * channels);
+  for (int64_t i = 0; i < shape.n; ++i) p.last_pivots(x + i * sample_size, shape.size, channels, &pivot[i * channels]);
+  // Each run adds into its own sums; they are combined in a fixed order afterwards (same result
+  // whatever the number of threads).
+  const PositionRuns runs(shape);
+  std::vector<double> sum1(runs.count(shape) * channels, 0.0), sum2(sum1.size(), 0.0);
+  at::parallel_for(0, runs.count(shape), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(2 * channels);
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t i = runs.sample(run);
+      p.last_moments(x + i * sample_size + runs.first(run) * channels, runs.length(run, shape), channels,
+                     &pivot[i * channels], scratch.data(), &sum1[run * channels], &sum2[run * channels]);
+    }
+  });
+  const double inv = 1.0 / double(shape.size);
+  for (int64_t i = 0; i < shape.n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t run = i * runs.per_sample; run < (i + 1) * runs.per_sample; ++run) {
+        s1 += sum1[run * channels + c];
+        s2 += sum2[run * channels + c];
+      }
+      const double shift = s1 * inv, v = s2 * inv - shift * shift;
+      mean[i * channels + c] = double(pivot[i * channels + c]) + shift;
+      var[i * channels + c] = v > 0.0 ? v : 0.0;
+    }
+}
+
+// out = (in - center) * scale + shift per (sample, channel): the apply pass.
+template <typename S, typename T>
+void affine(const Passes<S, T>& p, const S* x, S* y, const Shape& shape, const T* center, const T* scale,
+            const T* shift) {
+  if (!shape.last) {
+    at::parallel_for(0, shape.rows(), grain_rows(shape.size), [&](int64_t begin, int64_t end) {
+      p.rows_affine(x + begin * shape.size, y + begin * shape.size, shape.size, end - begin, center + begin,
+                    scale + begin, shift + begin);
+    });
+    return;
+  }
+  const PositionRuns runs(shape);
+  at::parallel_for(0, runs.count(shape), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t i = runs.sample(run), c = i * shape.channels;
+      const int64_t offset = (i * shape.size + runs.first(run)) * shape.channels;
+      p.last_affine(x + offset, y + offset, runs.length(run, shape), shape.channels, center + c, scale + c,
+                    shift + c);
+    }
+  });
+}
+
+// sum(dy) and sum(dy * (x - center)) per (sample, channel): the backward's reduction pass.
+template <typename S, typename T>
+void grad_sums(const Passes<S, T>& p, const S* dy, const S* x, const Shape& shape, const T* center, double* sum_dy,
+               double* sum_dy_xc) {
+  if (!shape.last) {
+    at::parallel_for(0, shape.rows(), grain_rows(shape.size), [&](int64_t begin, int64_t end) {
+      p.rows_grad_sums(dy + begin * shape.size, x + begin * shape.size, shape.size, end - begin, center + begin,
+                       sum_dy + begin, sum_dy_xc + begin);
+    });
+    return;
+  }
+  const int64_t channels = shape.channels;
+  const PositionRuns runs(shape);
+  std::vector<double> sum1(runs.count(shape) * channels, 0.0), sum2(sum1.size(), 0.0);
+  at::parallel_for(0, runs.count(shape), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(2 * channels);
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t i = runs.sample(run), offset = (i * shape.size + runs.first(run)) * channels;
+      p.last_grad_sums(dy + offset, x + offset, runs.length(run, shape), channels, center + i * channels,
+                       scratch.data(), &sum1[run * channels], &sum2[run * channels]);
+    }
+  });
+  for (int64_t i = 0; i < shape.n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t run = i * runs.per_sample; run < (i + 1) * runs.per_sample; ++run) {
+        s1 += sum1[run * channels + c];
+        s2 += sum2[run * channels + c];
+      }
+      sum_dy[i * channels + c] = s1;
+      sum_dy_xc[i * channels + c] = s2;
+    }
+}
+
+// dx = dy * a + (x - center) * b + d per (sample, channel): the backward's apply pass.
+template <typename S, typename T>
+void grad_input(const Passes<S, T>& p, const S* dy, const S* x, S* dx, const Shape& shape, const T* a,
+                const T* center, const T* b, const T* d) {
+  if (!shape.last) {
+    at::parallel_for(0, shape.rows(), grain_rows(shape.size), [&](int64_t begin, int64_t end) {
+      const int64_t offset = begin * shape.size;
+      p.rows_grad_input(dy + offset, x + offset, dx + offset, shape.size, end - begin, a + begin, center + begin,
+                        b + begin, d + begin);
+    });
+    return;
+  }
+  const PositionRuns runs(shape);
+  at::parallel_for(0, runs.count(shape), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t i = runs.sample(run), c = i * shape.channels;
+      const int64_t offset = (i * shape.size + runs.first(run)) * shape.channels;
+      p.last_grad_input(dy + offset, x + offset, dx + offset, runs.length(run, shape), shape.channels, a + c,
+                        center + c, b + c, d + c);
+    }
+  });
+}
+
+// Storage pointer of a tensor: half types as their 16-bit patterns.
+template <typename S> S* storage(const at::Tensor& t) {
+  if constexpr (std::is_same<S, uint16_t>::value) return reinterpret_cast<uint16_t*>(t.data_ptr());
+  else return t.data_ptr<S>();
+}
+
+template <typename S, typename T>
+std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Shape& shape, const c10::optional<at::Tensor>& weight,
+                                     const c10::optional<at::Tensor>& bias, const int64_t* ids, const double* count,
+                                     int64_t num_groups, double eps) {
+  const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
+  const int64_t n = shape.n, channels = shape.channels, rows = shape.rows();
   const Members groups(ids, n, channels, num_groups);
   std::vector<double> w_holder, b_holder;
   const double* wp = optional_doubles(weight, w_holder);
   const double* bp = optional_doubles(bias, b_holder);
 
-  at::Tensor y = at::empty_like(x);
-  at::Tensor channel_mean = at::empty({n, channels}, x.options());
-  at::Tensor channel_var = at::empty({n, channels}, x.options());
-  at::Tensor group_mean_t = at::empty({n, num_groups}, x.options());
-  at::Tensor group_rstd_t = at::empty({n, num_groups}, x.options());
-  const T* xp = x.data_ptr<T>();
-  T* yp = y.data_ptr<T>();
+  const auto stats = x.options().dtype(std::is_same<T, double>::value ? at::kDouble : at::kFloat);
+  at::Tensor y = at::empty_like(x);  // keeps the memory format
+  at::Tensor channel_mean = at::empty({n, channels}, stats), channel_var = at::empty({n, channels}, stats);
+  at::Tensor group_mean_t = at::empty({n, num_groups}, stats), group_rstd_t = at::empty({n, num_groups}, stats);
   T* cm = channel_mean.data_ptr<T>();
   T* cv = channel_var.data_ptr<T>();
   T* gm_out = group_mean_t.data_ptr<T>();
   T* rstd_out = group_rstd_t.data_ptr<T>();
   std::vector<double> mean(rows), var(rows);
-
-  // Statistics pass, split over rows.
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    moments_rows(xp + begin * size, size, end - begin, mean.data() + begin, var.data() + begin);
-  });
+  moments(p, storage<S>(x), shape, mean.data(), var.data());
 
   // Group mean = mean of its channel means; variance = mean of (var_c + (mean_c - group mean)^2).
   std::vector<double> group_mean(n * num_groups), group_rstd(n * num_groups);
@@ -268,44 +397,32 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const c10::optional<at
       scale[r] = T(a);
       shift[r] = T(b);
     }
-
-  // Apply pass, split over rows.
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    affine_rows(xp + begin * size, yp + begin * size, size, end - begin, cm + begin, scale.data() + begin,
-                shift.data() + begin);
-  });
+  affine(p, storage<S>(x), storage<S>(y), shape, cm, scale.data(), shift.data());
   return {y, channel_mean, channel_var, group_mean_t, group_rstd_t};
 }
 
-template <typename T>
-std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                      const at::Tensor& group_mean, const at::Tensor& group_rstd, const int64_t* ids,
-                                      const double* count, int64_t num_groups, bool needs_dx, bool needs_dweight,
-                                      bool needs_dbias) {
-  const int64_t n = x.size(0), channels = x.size(1), rows = n * channels;
-  const int64_t size = x.numel() / rows;
+template <typename S, typename T>
+std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x, const Shape& shape,
+                                      const c10::optional<at::Tensor>& weight, const at::Tensor& group_mean,
+                                      const at::Tensor& group_rstd, const int64_t* ids, const double* count,
+                                      int64_t num_groups, bool needs_dx, bool needs_dweight, bool needs_dbias) {
+  const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
+  const int64_t n = shape.n, channels = shape.channels, rows = shape.rows(), size = shape.size;
   const Members groups(ids, n, channels, num_groups);
   std::vector<double> w_holder;
   const double* wp = optional_doubles(weight, w_holder);
-  const T* xp = x.data_ptr<T>();
-  const T* gp = dy.data_ptr<T>();
-  std::vector<T> gm(group_mean.numel());  // the saved mean: x_hat = (x - gm) * rstd
   const std::vector<double> group_mean_d = doubles(group_mean);
-  std::copy(group_mean_d.begin(), group_mean_d.end(), gm.begin());
   const std::vector<double> rstd = doubles(group_rstd);
-  at::Tensor dx = needs_dx ? at::empty_like(x) : at::Tensor();
-  T* dxp = needs_dx ? dx.data_ptr<T>() : nullptr;
-  // Reduction pass, split over rows: sum(dy) and sum(dy * (x - group mean)).
+  // The saved mean as the forward rounded it: x_hat = (x - gm) * rstd.
   std::vector<T> center(rows);
-  for (int64_t r = 0; r < rows; ++r) center[r] = gm[groups.row_group[r]];
+  for (int64_t r = 0; r < rows; ++r) center[r] = T(group_mean_d[groups.row_group[r]]);
   std::vector<double> sum_dy(rows), sum_dy_xhat(rows);
-  at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-    grad_sums_rows(gp + begin * size, xp + begin * size, size, end - begin, center.data() + begin,
-                   sum_dy.data() + begin, sum_dy_xhat.data() + begin);
-  });
+  grad_sums(p, storage<S>(dy), storage<S>(x), shape, center.data(), sum_dy.data(), sum_dy_xhat.data());
   for (int64_t r = 0; r < rows; ++r) sum_dy_xhat[r] *= rstd[groups.row_group[r]];  // now sum(dy * x_hat)
 
+  at::Tensor dx;
   if (needs_dx) {
+    dx = at::empty_like(x);
     // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size elements.
     std::vector<double> coef_x(n * num_groups), coef_const(n * num_groups);
     for (int64_t i = 0; i < n; ++i)
@@ -330,11 +447,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
         row_x[r] = T(coef_x[g]);
         row_const[r] = T(coef_const[g]);
       }
-    // Apply pass, split over rows.
-    at::parallel_for(0, rows, grain_rows(size), [&](int64_t begin, int64_t end) {
-      grad_input_rows(gp + begin * size, xp + begin * size, dxp + begin * size, size, end - begin,
-                      row_dy.data() + begin, center.data() + begin, row_x.data() + begin, row_const.data() + begin);
-    });
+    grad_input(p, storage<S>(dy), storage<S>(x), storage<S>(dx), shape, row_dy.data(), center.data(), row_x.data(),
+               row_const.data());
   }
 
   std::vector<at::Tensor> out(3);
@@ -353,34 +467,55 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
   return out;
 }
 
-// (y, channel_mean [N, C], channel_var [N, C], group_mean [N, K], group_rstd [N, K]) for a
-// contiguous float / double input.
-std::vector<at::Tensor> forward_rows(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                     const c10::optional<at::Tensor>& bias, const at::Tensor& group_id,
-                                     const at::Tensor& group_count, int64_t num_groups, double eps) {
+// How the kernels walk `x`, or nullopt when it must be made NCHW-contiguous first.
+c10::optional<Shape> walk(const at::Tensor& x) {
+  const int64_t n = x.size(0), channels = x.size(1), size = n * channels > 0 ? x.numel() / (n * channels) : 0;
+  if (x.is_contiguous()) return Shape{n, channels, size, false};
+  if ((x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+      (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)))
+    return Shape{n, channels, size, true};
+  return c10::nullopt;
+}
+
+bool native_dtype(const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+#define DGN_DISPATCH_STORAGE(dtype, CALL)                                              \
+  switch (dtype) {                                                                      \
+    case at::kDouble: { using S = double; using T = double; return CALL; }              \
+    case at::kBFloat16: case at::kHalf: { using S = uint16_t; using T = float; return CALL; } \
+    default: { using S = float; using T = float; return CALL; }                         \
+  }
+
+// (y, channel_mean [N, C], channel_var [N, C], group_mean [N, K], group_rstd [N, K]).
+std::vector<at::Tensor> forward_kernels(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                        const c10::optional<at::Tensor>& bias, const at::Tensor& group_id,
+                                        const at::Tensor& group_count, int64_t num_groups, double eps) {
   const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
   const std::vector<double> count = doubles(group_count);
   TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
-  if (x.scalar_type() == at::kDouble)
-    return forward_impl<double>(x, weight, bias, ids, count.data(), num_groups, eps);
-  return forward_impl<float>(x, weight, bias, ids, count.data(), num_groups, eps);
+  const Shape shape = *walk(x);
+  DGN_DISPATCH_STORAGE(x.scalar_type(), (forward_impl<S, T>(x, shape, weight, bias, ids, count.data(), num_groups,
+                                                             eps)))
 }
 
-// (dx or undefined, dweight or undefined, dbias or undefined) for contiguous float / double tensors.
-std::vector<at::Tensor> backward_rows(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                      const at::Tensor& group_mean, const at::Tensor& group_rstd,
-                                      const at::Tensor& group_id, const at::Tensor& group_count, int64_t num_groups,
-                                      bool needs_dx, bool needs_dweight, bool needs_dbias) {
+// (dx or undefined, dweight or undefined, dbias or undefined); dy and x walked alike.
+std::vector<at::Tensor> backward_kernels(const at::Tensor& dy, const at::Tensor& x,
+                                         const c10::optional<at::Tensor>& weight, const at::Tensor& group_mean,
+                                         const at::Tensor& group_rstd, const at::Tensor& group_id,
+                                         const at::Tensor& group_count, int64_t num_groups, bool needs_dx,
+                                         bool needs_dweight, bool needs_dbias) {
   TORCH_CHECK(group_mean.numel() == x.size(0) * num_groups && group_rstd.numel() == x.size(0) * num_groups,
               "group statistics must be [N, K]");
   const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
   const std::vector<double> count = doubles(group_count);
   TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
-  if (x.scalar_type() == at::kDouble)
-    return backward_impl<double>(dy, x, weight, group_mean, group_rstd, ids, count.data(), num_groups,
-                                 needs_dx, needs_dweight, needs_dbias);
-  return backward_impl<float>(dy, x, weight, group_mean, group_rstd, ids, count.data(), num_groups,
-                              needs_dx, needs_dweight, needs_dbias);
+  const Shape shape = *walk(x);
+  DGN_DISPATCH_STORAGE(x.scalar_type(), (backward_impl<S, T>(dy, x, shape, weight, group_mean, group_rstd, ids,
+                                                              count.data(), num_groups, needs_dx, needs_dweight,
+                                                              needs_dbias)))
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -395,30 +530,26 @@ using BackwardResult = std::tuple<Tensor, Tensor, Tensor>;
 
 at::ScalarType stats_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// The memory format y and dx keep: the input's (channels_last stays channels_last).
-at::MemoryFormat output_format(const Tensor& x) {
-  if (x.is_contiguous()) return at::MemoryFormat::Contiguous;
-  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
-  if (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return at::MemoryFormat::ChannelsLast3d;
-  return at::MemoryFormat::Contiguous;
+// The input as the kernels walk it: (N, C, S...) with S >= 1 dimension, a storage type they
+// run, NCHW-contiguous or channels last (anything else is copied to NCHW).
+Tensor walkable(const Tensor& t) {
+  Tensor w = t.dim() == 2 ? t.unsqueeze(-1) : t;
+  if (!native_dtype(w)) w = w.to(at::kFloat);
+  return walk(w) ? w : w.contiguous();
 }
 
-// (N, C, *) rows the loops run: contiguous, float or double.
-Tensor as_rows(const Tensor& t) {
-  Tensor r = t.dim() == 2 ? t.unsqueeze(-1) : t;
-  if (r.scalar_type() != at::kFloat && r.scalar_type() != at::kDouble) r = r.to(at::kFloat);
-  return r.contiguous();
+// `out` (walked like `walkable(input)`) in the input's shape and dtype.
+Tensor like_input(const Tensor& out, const Tensor& input) {
+  Tensor r = input.dim() == 2 ? out.squeeze(-1) : out;
+  return r.scalar_type() == input.scalar_type() ? r : r.to(input.scalar_type());
 }
 
-Tensor like_input(const Tensor& rows, const Tensor& input) {
-  Tensor out = input.dim() == 2 ? rows.squeeze(-1) : rows;
-  return out.to(out.options().dtype(input.scalar_type()), /*non_blocking=*/false, /*copy=*/false,
-                output_format(input));
-}
+void cpu_update_channel_stats(at::Tensor& running_mean, at::Tensor& running_var, at::Tensor& num_updates,
+                              const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum);
 
-ForwardResult cpu_group_norm(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
-                             const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
-                             double eps) {
+ForwardResult cpu_group_norm_rows(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
+                                  const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
+                                  double eps) {
   TORCH_CHECK(input.dim() >= 2, "dgn::group_norm: expected input of shape (N, C, *), got ", input.sizes());
   TORCH_CHECK(input.size(1) == group_id.numel(), "dgn::group_norm: expected input with ", group_id.numel(),
               " channels (dim 1), got ", input.size(1));
@@ -428,8 +559,23 @@ ForwardResult cpu_group_norm(const Tensor& input, const Tensor& group_id, const 
     return {input.clone(), at::zeros({n, channels}, stats), at::zeros({n, channels}, stats),
             at::zeros({n, num_groups}, stats), at::zeros({n, num_groups}, stats)};
   const Tensor ids = group_id.to(at::kLong).contiguous();
-  auto outs = forward_rows(as_rows(input), weight, bias, ids, group_count, num_groups, eps);
+  auto outs = forward_kernels(walkable(input), weight, bias, ids, group_count, num_groups, eps);
   return {like_input(outs[0], input), outs[1], outs[2], outs[3], outs[4]};
+}
+
+// The forward, and in training the running statistics' update from its channel statistics.
+ForwardResult cpu_group_norm(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
+                             const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups, double eps,
+                             const OptionalTensor& running_mean, const OptionalTensor& running_var,
+                             const OptionalTensor& num_updates, double momentum) {
+  ForwardResult outs = cpu_group_norm_rows(input, group_id, group_count, weight, bias, num_groups, eps);
+  if (running_mean.has_value() && running_mean->defined()) {
+    TORCH_CHECK(running_var.has_value() && num_updates.has_value(),
+                "dgn::group_norm: running_mean, running_var and num_updates go together");
+    Tensor mean = *running_mean, var = *running_var, count = *num_updates;
+    cpu_update_channel_stats(mean, var, count, std::get<1>(outs), std::get<2>(outs), momentum);
+  }
+  return outs;
 }
 
 BackwardResult cpu_group_norm_backward(const Tensor& grad_y, const Tensor& input, const Tensor& group_mean,
@@ -445,11 +591,12 @@ BackwardResult cpu_group_norm_backward(const Tensor& grad_y, const Tensor& input
     return {output_mask[0] ? at::zeros_like(input) : none, output_mask[1] ? at::zeros({input.size(1)}, param) : none,
             output_mask[2] ? at::zeros({input.size(1)}, param) : none};
   }
-  const Tensor x = as_rows(input);
-  const Tensor dy = as_rows(grad_y.to(x.scalar_type()));
+  const Tensor x = walkable(input);
+  Tensor dy = grad_y.dim() == 2 ? grad_y.unsqueeze(-1) : grad_y;
+  dy = dy.to(x.scalar_type()).contiguous(walk(x)->last ? x.suggest_memory_format() : at::MemoryFormat::Contiguous);
   const Tensor ids = group_id.to(at::kLong).contiguous();
-  auto outs = backward_rows(dy, x, weight, group_mean.contiguous(), group_rstd.contiguous(), ids, group_count,
-                            num_groups, output_mask[0], output_mask[1], output_mask[2]);
+  auto outs = backward_kernels(dy, x, weight, group_mean.contiguous(), group_rstd.contiguous(), ids, group_count,
+                               num_groups, output_mask[0], output_mask[1], output_mask[2]);
   return {output_mask[0] ? like_input(outs[0], input) : none, output_mask[1] ? outs[1] : none,
           output_mask[2] ? outs[2] : none};
 }
@@ -506,45 +653,76 @@ void write_running(R* running, const std::vector<double>& batch, bool first, dou
 // finite (a non-finite first batch must not use up the seeding step); later updates lerp by
 // `momentum`, non-finite values leaving the running ones unchanged. num_updates += 1 when the
 // running values changed.
+// The batch's statistics as doubles, read in place when they are contiguous float / double.
+void batch_statistics(const at::Tensor& channel_mean, const at::Tensor& channel_var, std::vector<double>& batch_mean,
+                      std::vector<double>& batch_var) {
+  const int64_t n = channel_mean.size(0), channels = channel_mean.size(1);
+  const bool direct = channel_mean.is_contiguous() && channel_var.is_contiguous() &&
+                      channel_mean.scalar_type() == channel_var.scalar_type();
+  if (direct && channel_mean.scalar_type() == at::kFloat)
+    return batch_moments(channel_mean.data_ptr<float>(), channel_var.data_ptr<float>(), n, channels, batch_mean,
+                         batch_var);
+  if (direct && channel_mean.scalar_type() == at::kDouble)
+    return batch_moments(channel_mean.data_ptr<double>(), channel_var.data_ptr<double>(), n, channels, batch_mean,
+                         batch_var);
+  const at::Tensor mean = channel_mean.to(at::kDouble).contiguous(), var = channel_var.to(at::kDouble).contiguous();
+  batch_moments(mean.data_ptr<double>(), var.data_ptr<double>(), n, channels, batch_mean, batch_var);
+}
+
+void write_running_tensor(at::Tensor& running, const std::vector<double>& batch, bool first, double momentum) {
+  if (running.is_contiguous() && running.scalar_type() == at::kFloat) {
+    write_running(running.data_ptr<float>(), batch, first, momentum);
+    running.unsafeGetTensorImpl()->bump_version();
+  } else if (running.is_contiguous() && running.scalar_type() == at::kDouble) {
+    write_running(running.data_ptr<double>(), batch, first, momentum);
+    running.unsafeGetTensorImpl()->bump_version();
+  } else {
+    at::Tensor values = running.to(at::kDouble).contiguous().clone();
+    write_running(values.data_ptr<double>(), batch, first, momentum);
+    running.copy_(values);
+  }
+}
+
+// The first update seeds the running values, and only from a batch whose statistics are all
+// finite (a non-finite first batch must not use up the seeding step); later updates lerp by
+// `momentum`, non-finite values leaving the running ones unchanged. num_updates += 1 when the
+// running values changed.
 void cpu_update_channel_stats(at::Tensor& running_mean, at::Tensor& running_var, at::Tensor& num_updates,
                               const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum) {
   TORCH_CHECK(channel_mean.dim() == 2 && channel_mean.sizes() == channel_var.sizes() &&
                   channel_mean.size(1) == running_mean.numel() && running_var.numel() == running_mean.numel(),
               "dgn::update_channel_stats_: statistics of mismatched shapes: running ", running_mean.sizes(),
               ", batch ", channel_mean.sizes());
-  TORCH_CHECK(num_updates.numel() == 1, "dgn::update_channel_stats_: num_updates must hold one count");
-  const int64_t n = channel_mean.size(0), channels = channel_mean.size(1);
-  if (n == 0) return;
+  TORCH_CHECK(num_updates.numel() == 1 && !num_updates.is_floating_point(),
+              "dgn::update_channel_stats_: num_updates must hold one integer count");
+  if (channel_mean.size(0) == 0) return;
   std::vector<double> batch_mean, batch_var;
-  const at::Tensor mean = channel_mean.to(at::kDouble).contiguous(), var = channel_var.to(at::kDouble).contiguous();
-  batch_moments(mean.data_ptr<double>(), var.data_ptr<double>(), n, channels, batch_mean, batch_var);
-  const bool first = num_updates.item<int64_t>() == 0;
+  batch_statistics(channel_mean, channel_var, batch_mean, batch_var);
+  const bool direct_count = num_updates.scalar_type() == at::kLong && num_updates.is_contiguous();
+  const int64_t count = direct_count ? *num_updates.data_ptr<int64_t>() : num_updates.item<int64_t>();
+  const bool first = count == 0;
   if (first && !(all_finite(batch_mean) && all_finite(batch_var))) return;
-  for (auto pair : {std::make_pair(&running_mean, &batch_mean), std::make_pair(&running_var, &batch_var)}) {
-    at::Tensor& running = *pair.first;
-    if (running.is_contiguous() && running.scalar_type() == at::kFloat) {
-      write_running(running.data_ptr<float>(), *pair.second, first, momentum);
-      running.unsafeGetTensorImpl()->bump_version();
-    } else if (running.is_contiguous() && running.scalar_type() == at::kDouble) {
-      write_running(running.data_ptr<double>(), *pair.second, first, momentum);
-      running.unsafeGetTensorImpl()->bump_version();
-    } else {
-      at::Tensor values = running.to(at::kDouble).contiguous().clone();
-      write_running(values.data_ptr<double>(), *pair.second, first, momentum);
-      running.copy_(values);
-    }
+  write_running_tensor(running_mean, batch_mean, first, momentum);
+  write_running_tensor(running_var, batch_var, first, momentum);
+  if (direct_count) {
+    *num_updates.data_ptr<int64_t>() = count + 1;
+    num_updates.unsafeGetTensorImpl()->bump_version();
+  } else {
+    num_updates.add_(1);
   }
-  num_updates.add_(1);
 }
 
 // ----------------------------------------------------------------------------------------------
-// Autograd. The forward and backward are the operators above (or their CUDA / plain kernels:
-// the node calls them through the dispatcher), with the tensors F.group_norm saves. Where more
-// than one derivative is asked for, autograd differentiates dgn::group_norm_composite, the plain
-// formulation: forward-mode AD on the inputs, and double backward (create_graph=True).
+// Autograd. The forward and backward are the operators above (or their CUDA / plain kernels: the
+// node calls them through the dispatcher), with the tensors F.group_norm saves, and a hand-written
+// node as the generated code of native ops has (only y is differentiable). Where more than one
+// derivative is asked for, autograd differentiates dgn::group_norm_composite, the plain
+// formulation: forward-mode AD on the inputs, torch.func transforms, and double backward
+// (create_graph=True).
 
 using ForwardSignature = ForwardResult(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
-                                       const OptionalTensor&, int64_t, double);
+                                       const OptionalTensor&, int64_t, double, const OptionalTensor&,
+                                       const OptionalTensor&, const OptionalTensor&, double);
 using BackwardSignature = BackwardResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                          const Tensor&, const OptionalTensor&, int64_t, std::array<bool, 3>);
 
@@ -568,69 +746,68 @@ const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
 
 OptionalTensor optional(const Tensor& t) { return t.defined() ? OptionalTensor(t) : c10::nullopt; }
 
-struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
-                                                const Tensor& group_id, const Tensor& group_count,
-                                                const OptionalTensor& weight, const OptionalTensor& bias,
-                                                int64_t num_groups, double eps) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // on to the device's kernel
-    ForwardResult outs = forward_op().call(x, group_id, group_count, weight, bias, num_groups, eps);
-    ctx->save_for_backward({x, weight.value_or(Tensor()), std::get<3>(outs), std::get<4>(outs)});
-    ctx->saved_data["group_id"] = group_id;
-    ctx->saved_data["group_count"] = group_count;
-    ctx->saved_data["num_groups"] = num_groups;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->mark_non_differentiable({std::get<1>(outs), std::get<2>(outs), std::get<3>(outs), std::get<4>(outs)});
-    ctx->set_materialize_grads(false);  // no zero-filled gradients for the statistics
-    return {std::get<0>(outs), std::get<1>(outs), std::get<2>(outs), std::get<3>(outs), std::get<4>(outs)};
+struct GroupNormBackward : public torch::autograd::Node {
+  // What F.group_norm saves (saved-tensor hooks see the same four tensors).
+  torch::autograd::SavedVariable x, weight, group_mean, group_rstd;
+  Tensor group_id, group_count;
+  int64_t num_groups = 0;
+  double eps = 0.0;
+  bool has_weight = false, has_bias = false;
+
+  std::string name() const override { return "DynamicGroupNormBackward"; }
+
+  void release_variables() override {
+    x.reset_data();
+    weight.reset_data();
+    group_mean.reset_data();
+    group_rstd.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    torch::autograd::variable_list result(7);
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    torch::autograd::variable_list result(3);  // x, weight, bias: the next edges
     const Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return result;
-    const auto saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &weight = saved[1];
-    const Tensor group_id = ctx->saved_data["group_id"].toTensor();
-    const Tensor group_count = ctx->saved_data["group_count"].toTensor();
-    const int64_t num_groups = ctx->saved_data["num_groups"].toInt();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(3),
-                                      ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(4)};
+    const Tensor input = x.unpack(), w = has_weight ? weight.unpack() : Tensor();
+    const std::array<bool, 3> mask = {should_compute_output(0), has_weight && should_compute_output(1),
+                                      has_bias && should_compute_output(2)};
     if (at::GradMode::is_enabled()) {
       // create_graph=True: gradients that are themselves differentiable, from the plain formulation.
       std::vector<Tensor> inputs;
-      if (mask[0]) inputs.push_back(x);
-      if (mask[1]) inputs.push_back(weight);
+      if (mask[0]) inputs.push_back(input);
+      if (mask[1]) inputs.push_back(w);
       if (!inputs.empty()) {
-        const Tensor y = std::get<0>(composite_op().call(x, group_id, group_count, optional(weight), c10::nullopt,
-                                                         num_groups, ctx->saved_data["eps"].toDouble()));
+        const Tensor y = std::get<0>(composite_op().call(input, group_id, group_count, optional(w), c10::nullopt,
+                                                         num_groups, eps, c10::nullopt, c10::nullopt, c10::nullopt,
+                                                         0.0));
         auto partial = torch::autograd::grad({y}, inputs, {grad_y}, /*retain_graph=*/true, /*create_graph=*/true,
                                              /*allow_unused=*/true);
         size_t next = 0;
         if (mask[0]) result[0] = partial[next++];
-        if (mask[1]) result[3] = partial[next++];
+        if (mask[1]) result[1] = partial[next++];
       }
       if (mask[2]) {
         std::vector<int64_t> dims = {0};
         for (int64_t d = 2; d < grad_y.dim(); ++d) dims.push_back(d);
-        result[4] = grad_y.sum(dims).to(weight.defined() ? weight.scalar_type() : grad_y.scalar_type());
+        result[2] = grad_y.sum(dims).to(w.defined() ? w.scalar_type() : grad_y.scalar_type());
       }
       return result;
     }
-    BackwardResult outs = backward_op().call(grad_y, x, saved[2], saved[3], group_id, group_count, optional(weight),
-                                             num_groups, mask);
+    BackwardResult outs = backward_op().call(grad_y, input, group_mean.unpack(), group_rstd.unpack(), group_id,
+                                             group_count, optional(w), num_groups, mask);
     if (mask[0]) result[0] = std::get<0>(outs);
-    if (mask[1]) result[3] = std::get<1>(outs);
-    if (mask[2]) result[4] = std::get<2>(outs);
+    if (mask[1]) result[1] = std::get<1>(outs);
+    if (mask[2]) result[2] = std::get<2>(outs);
     return result;
   }
 };
 
-bool has_forward_grad(const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+bool has_forward_grad(const OptionalTensor& t) {
+  return t.has_value() && t->defined() && t->_fw_grad(/*level=*/0).defined();
+}
 
-// torch.func transforms (grad, vjp, jvp, vmap of those) cannot run a C++ autograd::Function.
+bool requires_grad(const OptionalTensor& t) { return t.has_value() && t->defined() && t->requires_grad(); }
+
+// torch.func transforms (grad, vjp, jvp, vmap of those) cannot run a hand-written node.
 bool under_functorch() {
   return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) ||
          c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerBackMode);
@@ -638,27 +815,60 @@ bool under_functorch() {
 
 ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const Tensor& group_count,
                                   const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
-                                  double eps) {
-  const Tensor w = weight.has_value() ? *weight : Tensor(), b = bias.has_value() ? *bias : Tensor();
-  if (under_functorch() || has_forward_grad(x) || has_forward_grad(w) || has_forward_grad(b))
-    return composite_op().call(x, group_id, group_count, weight, bias, num_groups, eps);
-  auto outs = GroupNormFunction::apply(x, group_id, group_count, weight, bias, num_groups, eps);
-  return {outs[0], outs[1], outs[2], outs[3], outs[4]};
+                                  double eps, const OptionalTensor& running_mean, const OptionalTensor& running_var,
+                                  const OptionalTensor& num_updates, double momentum) {
+  if (under_functorch() || has_forward_grad(x) || has_forward_grad(weight) || has_forward_grad(bias))
+    return composite_op().call(x, group_id, group_count, weight, bias, num_groups, eps, running_mean, running_var,
+                               num_updates, momentum);
+  ForwardResult outs;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // on to the device's kernel
+    outs = forward_op().call(x, group_id, group_count, weight, bias, num_groups, eps, running_mean, running_var,
+                             num_updates, momentum);
+  }
+  if (at::GradMode::is_enabled() && (x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
+    auto node = c10::make_intrusive<GroupNormBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));
+    node->x = torch::autograd::SavedVariable(x, /*is_output=*/false);
+    node->has_weight = weight.has_value() && weight->defined();
+    node->has_bias = bias.has_value() && bias->defined();
+    if (node->has_weight) node->weight = torch::autograd::SavedVariable(*weight, /*is_output=*/false);
+    // Not differentiable (no history): saved like inputs, no reference cycle through the node.
+    node->group_mean = torch::autograd::SavedVariable(std::get<3>(outs), /*is_output=*/false);
+    node->group_rstd = torch::autograd::SavedVariable(std::get<4>(outs), /*is_output=*/false);
+    node->group_id = group_id;
+    node->group_count = group_count;
+    node->num_groups = num_groups;
+    node->eps = eps;
+    torch::autograd::set_history(std::get<0>(outs), node);
+  }
+  return outs;
+}
+
+// Registers the kernels with the dispatcher. Called by dgn_plugins/ops.py after it defined the
+// schemas (not at load time), so that an extension built for other schemas fails with a Python
+// exception the package can report, instead of aborting the process.
+void register_kernels() {
+  static std::unique_ptr<torch::Library> cpu, autograd;
+  if (cpu) return;
+  auto cpu_kernels = std::make_unique<torch::Library>(torch::Library::IMPL, "dgn", c10::DispatchKey::CPU, __FILE__,
+                                                      __LINE__);
+  cpu_kernels->impl("group_norm", TORCH_FN(cpu_group_norm));
+  cpu_kernels->impl("group_norm_backward", TORCH_FN(cpu_group_norm_backward));
+  cpu_kernels->impl("update_channel_stats_", TORCH_FN(cpu_update_channel_stats));
+  auto autograd_kernels = std::make_unique<torch::Library>(torch::Library::IMPL, "dgn", c10::DispatchKey::Autograd,
+                                                           __FILE__, __LINE__);
+  autograd_kernels->impl("group_norm", TORCH_FN(autograd_group_norm));
+  cpu = std::move(cpu_kernels);
+  autograd = std::move(autograd_kernels);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dgn, CPU, m) {
-  m.impl("group_norm", &cpu_group_norm);
-  m.impl("group_norm_backward", &cpu_group_norm_backward);
-  m.impl("update_channel_stats_", &cpu_update_channel_stats);
-}
-
-TORCH_LIBRARY_IMPL(dgn, Autograd, m) { m.impl("group_norm", &autograd_group_norm); }
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Native CPU kernels of Dynamic Group Normalization: registers the dgn:: operators' CPU and autograd "
-            "kernels on import (see dgn_plugins/ops.py)";
+  m.doc() = "Native CPU kernels of Dynamic Group Normalization: the dgn:: operators' CPU and autograd kernels "
+            "(see dgn_plugins/ops.py)";
+  m.def("register_kernels", &register_kernels, "Register the CPU and autograd kernels of the dgn:: operators");
   m.def("supported_isas", &supported_isas, "Instruction sets the row loops can use on this CPU, best first");
   m.def("set_isa", &set_isa, "Use one instruction set's row loops ('' = best); returns the one in use",
         py::arg("isa") = "");

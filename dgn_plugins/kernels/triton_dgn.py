@@ -462,16 +462,21 @@ def _layout(group_id: Tensor, num_groups: int) -> GroupLayout:
     return layout
 
 
-def forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps):
+def forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
+                   num_updates=None, momentum=0.1):
     """``dgn::group_norm`` for tensors Triton runs (CUDA, or CPU under the interpreter)."""
     if x.numel() == 0:
         from ..functional import reference_forward
 
-        return reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
-    squeeze = x.dim() == 2
-    layout = _layout(group_id.long(), num_groups)
-    y, *stats = _forward(x.unsqueeze(-1) if squeeze else x, weight, bias, layout.offsets, layout.channels, eps)
-    return (y.squeeze(-1) if squeeze else y, *stats)
+        outs = reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+    else:
+        squeeze = x.dim() == 2
+        layout = _layout(group_id.long(), num_groups)
+        y, *stats = _forward(x.unsqueeze(-1) if squeeze else x, weight, bias, layout.offsets, layout.channels, eps)
+        outs = (y.squeeze(-1) if squeeze else y, *stats)
+    if running_mean is not None:
+        torch.ops.dgn.update_channel_stats_(running_mean, running_var, num_updates, outs[1], outs[2], momentum)
+    return outs
 
 
 def backward_kernel(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups, output_mask):
