@@ -131,7 +131,7 @@ def _checkpoint_step(checkpoint: Mapping, path: Path, index: int) -> int:
 
 def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] = None) -> Dict[str, GroupTimeline]:
     """Groupings of every DGN layer across checkpoints, ordered by training step."""
-    import torch
+    from .safe_load import UnsafeFileError, load_torch_file
 
     loaded = []
     for index, path in enumerate(paths):
@@ -139,9 +139,12 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
         if not path.is_file():
             raise PlotError(f"{path}: no such checkpoint")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = load_torch_file(path)  # weights only: a shared checkpoint runs no code
+        except UnsafeFileError as err:
+            raise PlotError(f"{path}: refused: {err}") from None
         except Exception as err:  # torch raises several types for a bad file
-            raise PlotError(f"{path}: cannot be loaded as a torch checkpoint ({err})") from err
+            reason = " ".join(str(err).split())[:300]
+            raise PlotError(f"{path}: cannot be loaded as a torch checkpoint ({reason})") from None
         if not isinstance(checkpoint, Mapping):
             raise PlotError(f"{path}: not a checkpoint dict")
         state = grouping_state(checkpoint)

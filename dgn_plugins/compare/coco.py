@@ -60,7 +60,7 @@ def load_ground_truth(path: Path):
     """A pycocotools ``COCO`` for the annotation file, or a clear error."""
     from pycocotools.coco import COCO
 
-    data = read_results_file(path)
+    data = read_results_file(path, formats=("json",))
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise ComparisonError(f"{path}: not a COCO annotation file "
                               "(expected a JSON object with images, annotations and categories)")
