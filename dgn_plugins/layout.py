@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = [
     "DGNOptionError",
     "infeasible_advice",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class DGNOptionError(ValueError):
+class DGNOptionError(ValueError, ConfigError):
     """DGN options that cannot be met for a layer; the message names the option to change.
 
     A plain ``ValueError`` subclass taking one message, so toolkits that

@@ -311,12 +311,11 @@ def main(argv=None):
 
 def cli(argv=None) -> int:
     """``main`` for the command line: errors a user can fix are one line on stderr, exit status 2."""
-    from dgn_plugins.layout import DGNOptionError
-    from dgn_plugins.openmmlab.norm_check import UnknownNormTypeError
+    from dgn_plugins.errors import ConfigError
 
     try:
         main(argv)
-    except (UnknownNormTypeError, DGNOptionError) as error:
+    except ConfigError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

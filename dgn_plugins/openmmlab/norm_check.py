@@ -18,12 +18,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ..errors import ConfigError
+
 __all__ = ["UnknownNormTypeError", "iter_norm_cfgs", "check_norm_types", "registered_norm_types", "build_norm_layer"]
 
 _NORM_BASES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-class UnknownNormTypeError(KeyError):
+class UnknownNormTypeError(KeyError, ConfigError):
     """A ``norm_cfg`` type that no registry in scope knows."""
 
     def __str__(self) -> str:  # KeyError would print the message repr-quoted
