@@ -9,12 +9,15 @@ The flags are those of the toolkits' own ``tools/train.py``::
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch
     python tools/train.py CONFIG --resume            # latest checkpoint in work_dir
     python tools/train.py CONFIG --resume ckpt.pth   # that checkpoint
+    python tools/train.py mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py --dgn   # a GN config as DGN
 
 It picks the toolkit from the config (``default_scope``, else the model
 type), registers that toolkit's modules, imports ``dgn_plugins`` (so configs
 need no ``custom_imports``), checks every ``norm_cfg`` type names a registered
 layer, and builds MMEngine's ``Runner`` as mmdet's launcher does. Without
-CUDA, distributed runs use gloo on CPU.
+CUDA, distributed runs use gloo on CPU. ``--dgn`` runs a GN config with DGN
+(:mod:`dgn_plugins.openmmlab.switch`). Errors a user fixes in the config
+(unknown norm type, DGN options a layer cannot meet) are one line on stderr.
 """
 from __future__ import annotations
 
