@@ -24,6 +24,7 @@ import collections
 import io
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -145,6 +146,9 @@ _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported oper
 def _one_line(error: Exception) -> str:
     text = str(error)
     match = _UNSUPPORTED.search(text)
+    if match and match.group(2):
+        return (f"not a torch.save file that loads as data (pickle opcode {match.group(2)} is not allowed); "
+                "a plain pickle is not a checkpoint")
     if match and (match.group(1) or match.group(3)):
         name = match.group(1) or match.group(3)
         name = name if "." in name else f"builtins.{name}"  # torch names builtins bare
@@ -170,7 +174,9 @@ def load_torch_file(path, extra_globals=()):
     except ImportError:  # no MMEngine: its types are not in the allow-list
         pass
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            # torch warns about the protocol of any non-torch pickle; the refusal below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeFileError(_one_line(error)) from None
