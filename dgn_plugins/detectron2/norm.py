@@ -206,7 +206,7 @@ def _explain_infeasible(cfg: CfgNode, error: Exception) -> str:
         node = probe
         for part in path:
             node = node[part]
-        node[leaf] = _ProbeNorm(options)
+        node[leaf] = ProbeNorm(**options)
     try:
         layers = infeasible_layers(_build_detectron2_model(probe))
     except Exception:  # the probe build is a courtesy: keep the original message
@@ -217,9 +217,11 @@ def _explain_infeasible(cfg: CfgNode, error: Exception) -> str:
     return message
 
 
-class _ProbeNorm:
-    def __init__(self, options: dict) -> None:
-        self.options = options
+class ProbeNorm:
+    """``DGNNorm``'s signature, building :class:`~dgn_plugins.feasibility.ProbeGroupNorm` layers."""
+
+    def __init__(self, num_groups: int = 32, **options) -> None:
+        self.options = dict(options, num_groups=num_groups)
 
     def __call__(self, channels: int) -> nn.Module:
         from ..feasibility import ProbeGroupNorm
