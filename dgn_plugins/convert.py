@@ -10,31 +10,39 @@ import torch
 from torch import nn
 
 from .layer import DynamicGroupNorm
+from .layout import DGNOptionError
 
 __all__ = ["convert_gn_to_dgn"]
 
 
-def convert_gn_to_dgn(module: nn.Module, **dgn_kwargs) -> nn.Module:
+def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Module:
     """Return ``module`` with every ``nn.GroupNorm`` replaced by a DGN layer.
 
     Works recursively and in place on children; if ``module`` itself is a
     GroupNorm a new layer is returned. ``dgn_kwargs`` go to
     ``DynamicGroupNorm`` (``alpha``, ``percentile``, ...). Weights, device,
-    dtype, training mode and ``requires_grad`` carry over.
+    dtype, training mode and ``requires_grad`` carry over. Options a layer
+    cannot meet raise :class:`~dgn_plugins.layout.DGNOptionError` naming its
+    module path.
     """
     if isinstance(module, nn.GroupNorm) and not isinstance(module, DynamicGroupNorm):
         kwargs = dict(dgn_kwargs)
         if kwargs.get("group_size") is None:
             kwargs.setdefault("num_groups", module.num_groups)
         reference = module.weight if module.affine else None
-        converted = DynamicGroupNorm(
-            module.num_channels,
-            eps=module.eps,
-            affine=module.affine,
-            device=reference.device if reference is not None else None,
-            dtype=reference.dtype if reference is not None else None,
-            **kwargs,
-        )
+        try:
+            converted = DynamicGroupNorm(
+                module.num_channels,
+                eps=module.eps,
+                affine=module.affine,
+                device=reference.device if reference is not None else None,
+                dtype=reference.dtype if reference is not None else None,
+                **kwargs,
+            )
+        except DGNOptionError as error:
+            where = _path or "the module itself"
+            raise DGNOptionError(f"convert_gn_to_dgn: layer {where} (GroupNorm({module.num_groups}, "
+                                 f"{module.num_channels})): {error}") from None
         if module.affine:
             with torch.no_grad():
                 converted.weight.copy_(module.weight)
@@ -44,7 +52,7 @@ def convert_gn_to_dgn(module: nn.Module, **dgn_kwargs) -> nn.Module:
         converted.train(module.training)
         return converted
     for name, child in module.named_children():
-        new_child = convert_gn_to_dgn(child, **dgn_kwargs)
+        new_child = convert_gn_to_dgn(child, _path=f"{_path}.{name}" if _path else name, **dgn_kwargs)
         if new_child is not child:
             module.add_module(name, new_child)
     return module

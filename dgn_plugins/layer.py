@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from . import ops  # noqa: F401  (registers the dgn:: operators)
 from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
-from .layout import GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds, resolve_num_groups
+from .layout import (DGNOptionError, GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds,
+                     infeasible_advice, resolve_num_groups)
 from .regroup import RegroupReport, plan_regroup, standardize
 
 __all__ = ["DynamicGroupNorm", "CLUSTER_FEATURES"]
@@ -83,9 +84,19 @@ class DynamicGroupNorm(nn.GroupNorm):
         dtype=None,
         bias: bool = True,
     ) -> None:
-        num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
-        bounds = group_bounds(default_size, alpha)
-        group_id = default_group_ids(num_channels, num_groups, bounds)  # raises if infeasible
+        try:
+            num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
+            bounds = group_bounds(default_size, alpha)
+            group_id = default_group_ids(num_channels, num_groups, bounds)  # raises if infeasible
+        except ValueError as error:  # say which option to change, not only C/K/L/H
+            by = "group_size" if group_size is not None else "num_groups"
+            advice = ""
+            if "cannot split" in str(error):
+                advice = "; " + infeasible_advice(num_channels, num_groups, default_size, alpha, by)
+            raise DGNOptionError(
+                f"DGN layer with C={num_channels} channels ({by}={group_size if group_size is not None else num_groups}, "
+                f"alpha={alpha}): {error}{advice}"
+            ) from None
         if not 0.0 <= percentile <= 1.0:
             raise ValueError(f"percentile must lie in [0, 1], got {percentile}")
         if not 0.0 < momentum <= 1.0:

@@ -16,7 +16,11 @@ from typing import Optional, Tuple
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = [
+    "DGNOptionError",
+    "infeasible_advice",
     "GroupBounds",
     "group_bounds",
     "resolve_num_groups",
@@ -25,6 +29,35 @@ __all__ = [
     "group_sizes",
     "GroupLayout",
 ]
+
+
+class DGNOptionError(ValueError, ConfigError):
+    """DGN options that cannot be met for a layer; the message names the option to change.
+
+    A plain ``ValueError`` subclass taking one message, so toolkits that
+    re-raise ``type(e)(message)`` keep it.
+    """
+
+
+def infeasible_advice(num_channels: int, num_groups: int, default_size: float, alpha: float, by: str) -> str:
+    """Which option to change when C channels cannot form K groups within the bounds.
+
+    Only H can be too small (L <= floor(g) <= floor(C/K) always): the largest
+    group needs ``ceil(C/K)`` channels, so ``alpha >= ceil(C/K)/g - 1``.
+    ``by`` is the option that set K (``"num_groups"`` or ``"group_size"``).
+    """
+    largest = -(-num_channels // num_groups)
+    needed = math.ceil((largest / default_size - 1.0) * 1000) / 1000
+    while needed < 1 and group_bounds(default_size, max(needed, 1e-3)).size_max < largest:
+        needed += 0.001
+    divisors = [k for k in range(1, num_channels + 1) if num_channels % k == 0]
+    near = min(divisors, key=lambda k: (abs(k - num_groups), k))
+    if by == "group_size":
+        other = f"a group_size that divides C (e.g. {num_channels // near})"
+    else:
+        other = f"a num_groups that divides C (e.g. {near})"
+    raise_alpha = f"raise alpha to >= {needed:.3f} (now {alpha}) or choose " if needed < 1 else "choose "
+    return f"{raise_alpha}{other}"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .regroup import intra_group_variance
+from .regroup import intra_group_variance, within_group_sum_of_squares
 
 __all__ = [
-    "GroupTimeline", "PlotError", "timelines_from_records", "read_records", "timelines_from_checkpoints",
+    "GroupTimeline", "PlotError", "timelines_from_records", "gn_start", "group_colours", "size_counts", "read_records", "timelines_from_checkpoints",
     "grouping_state", "select_layers", "plot_timelines", "plot_history",
 ]
 
@@ -42,9 +42,15 @@ class GroupTimeline:
     steps: List[int]
     group_ids: np.ndarray
     num_groups: int
-    variance_before: List[float] = field(default_factory=list)  # per step; NaN where unknown
+    variance_before: List[float] = field(default_factory=list)  # mean_k var_k per step; NaN where unknown
     variance_after: List[float] = field(default_factory=list)
     variance_label: str = "after regroup"
+    # The poster's statistic, sum_k |G_k| var_k of the channel means, and the solver's objective.
+    wss_before: List[float] = field(default_factory=list)
+    wss_after: List[float] = field(default_factory=list)
+    objective_before: List[float] = field(default_factory=list)
+    objective_after: List[float] = field(default_factory=list)
+    cluster_features: Sequence[str] = ("mean",)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -82,18 +88,45 @@ def timelines_from_records(records: Sequence[Mapping], layers: Optional[Sequence
             raise PlotError(f"layer {name!r} is in no regroup record")
         ids = [np.asarray(r["group_id"][name], dtype=np.int64) for r in rows]
         reports = [next((rep for rep in r.get("reports", []) if rep.get("name") == name), {}) for r in rows]
-        before = [float(rep.get("mean_group_variance_before", np.nan)) for rep in reports]
-        after = [float(rep.get("mean_group_variance_after", np.nan)) for rep in reports]
+        series = {key: [float(rep.get(key, np.nan)) for rep in reports] for key in _REPORT_SERIES}
         steps = [int(r["step"]) for r in rows]
         num_groups = max(int(max(row.max() for row in ids)) + 1,
                          max((int(rep.get("num_groups", 0)) for rep in reports), default=0))
+        features = next((tuple(rep["cluster_features"]) for rep in reports if rep.get("cluster_features")), ("mean",))
         if initial is not None and name in initial:
             ids.insert(0, np.asarray(initial[name], dtype=np.int64))
             steps.insert(0, 0)
-            before.insert(0, np.nan)
-            after.insert(0, np.nan)
-        timelines[name] = GroupTimeline(name, steps, np.stack(ids), num_groups, before, after)
+            for values in series.values():
+                values.insert(0, np.nan)
+        timelines[name] = GroupTimeline(
+            name, steps, np.stack(ids), num_groups,
+            series["mean_group_variance_before"], series["mean_group_variance_after"],
+            wss_before=series["within_group_ss_before"], wss_after=series["within_group_ss_after"],
+            objective_before=series["objective_before"], objective_after=series["objective_after"],
+            cluster_features=features)
     return timelines
+
+
+_REPORT_SERIES = ("mean_group_variance_before", "mean_group_variance_after", "within_group_ss_before",
+                  "within_group_ss_after", "objective_before", "objective_after")
+
+
+def gn_start(records: Sequence[Mapping]) -> Dict[str, List[int]]:
+    """GN's contiguous grouping of every layer in the records: DGN's grouping before the first regroup.
+
+    Records hold groupings after each regroup; a run starts from GN's (a run
+    loaded from a DGN checkpoint would not, which records cannot tell).
+    """
+    from .layout import default_group_ids
+
+    if not records:
+        return {}
+    start = {}
+    for name, ids in records[0].get("group_id", {}).items():
+        report = next((rep for rep in records[0].get("reports", []) if rep.get("name") == name), {})
+        num_groups = int(report.get("num_groups") or (max(ids) + 1))
+        start[name] = default_group_ids(len(ids), num_groups).tolist()
+    return start
 
 
 def grouping_state(checkpoint: Mapping) -> Dict[str, dict]:
@@ -131,7 +164,7 @@ def _checkpoint_step(checkpoint: Mapping, path: Path, index: int) -> int:
 
 def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] = None) -> Dict[str, GroupTimeline]:
     """Groupings of every DGN layer across checkpoints, ordered by training step."""
-    import torch
+    from .safe_load import UnsafeFileError, load_torch_file
 
     loaded = []
     for index, path in enumerate(paths):
@@ -139,9 +172,12 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
         if not path.is_file():
             raise PlotError(f"{path}: no such checkpoint")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = load_torch_file(path)  # weights only: a shared checkpoint runs no code
+        except UnsafeFileError as err:
+            raise PlotError(f"{path}: refused: {err}") from None
         except Exception as err:  # torch raises several types for a bad file
-            raise PlotError(f"{path}: cannot be loaded as a torch checkpoint ({err})") from err
+            reason = " ".join(str(err).split())[:300]
+            raise PlotError(f"{path}: cannot be loaded as a torch checkpoint ({reason})") from None
         if not isinstance(checkpoint, Mapping):
             raise PlotError(f"{path}: not a checkpoint dict")
         state = grouping_state(checkpoint)
@@ -157,13 +193,17 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
             raise PlotError(f"layer {name!r} missing from {missing}")
         ids = np.stack([s[name]["group_id"] for _, _, s in loaded])
         num_groups = int(ids.max()) + 1
-        variance = []
+        variance, wss = [], []
         for _, _, s in loaded:
             mean = s[name]["channel_mean_ema"]
             variance.append(np.nan if mean is None else
                             float(intra_group_variance(mean, s[name]["group_id"], num_groups).mean()))
+            wss.append(np.nan if mean is None else
+                       within_group_sum_of_squares(mean, s[name]["group_id"], num_groups))
+        nan = [np.nan] * len(loaded)
         timelines[name] = GroupTimeline(name, [step for step, _, _ in loaded], ids, num_groups,
-                                        [np.nan] * len(loaded), variance, "at checkpoint")
+                                        nan, variance, "at checkpoint", wss_before=nan, wss_after=wss,
+                                        objective_before=nan, objective_after=nan)
     return timelines
 
 
@@ -191,45 +231,112 @@ def select_layers(available: Sequence[str], requested: Optional[Iterable[str]] =
 
 
 # ------------------------------------------------------------------ drawing
-def plot_timelines(timelines: Sequence[GroupTimeline], path, title: str = "") -> None:
-    """One row per layer: group of each channel, group sizes, mean intra-group variance."""
+def group_colours(num_groups: int) -> List:
+    """One colour per group, neighbouring ids far apart in hue.
+
+    ``tab10`` up to 10 groups; up to 20 ``tab20``'s dark shades then its light
+    ones (tab20 pairs them: 0/1 would look alike); beyond, golden-ratio hue
+    steps with alternating lightness.
+    """
     from matplotlib import colormaps
+    from matplotlib.colors import hsv_to_rgb
+
+    if num_groups <= 10:
+        return list(colormaps["tab10"].colors[:num_groups])
+    if num_groups <= 20:
+        tab20 = colormaps["tab20"].colors
+        return list(tab20[0::2] + tab20[1::2])[:num_groups]
+    return [tuple(hsv_to_rgb(((k * 0.618034) % 1.0, 0.85 if k % 2 else 0.6, 0.75 if k % 3 else 0.95)))
+            for k in range(num_groups)]
+
+
+def size_counts(timeline: GroupTimeline):
+    """``(smallest size, counts)``: ``counts[i, t]`` groups have ``smallest + i`` channels at step ``t``."""
+    sizes = timeline.sizes
+    low, high = int(sizes.min()), int(sizes.max())
+    return low, np.stack([np.bincount(row - low, minlength=high - low + 1) for row in sizes]).T
+
+
+def _draw_sizes(ax, figure, timeline: GroupTimeline) -> None:
+    """How many groups have each size, per step (integer axes, counts written in the cells)."""
+    from matplotlib.ticker import MaxNLocator
+
+    low, counts = size_counts(timeline)
+    high = low + counts.shape[0] - 1
+    image = ax.imshow(counts, aspect="auto", origin="lower", cmap="Blues", interpolation="nearest",
+                      extent=(-0.5, len(timeline.steps) - 0.5, low - 0.5, high + 0.5), vmin=0)
+    if counts.size <= 400:
+        for (row, col), count in np.ndenumerate(counts):
+            if count:
+                ax.text(col, low + row, str(count), ha="center", va="center", fontsize="x-small",
+                        color="white" if count > counts.max() / 2 else "black")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xticks(range(len(timeline.steps)), [str(s) for s in timeline.steps],
+                  rotation=90 if len(timeline.steps) > 8 else 0)
+    ax.set(title=f"group sizes: number of groups of each size ({timeline.num_groups} groups)",
+           xlabel="step", ylabel="channels in the group")
+    figure.colorbar(image, ax=ax, label="groups", shrink=0.8, ticks=MaxNLocator(integer=True))
+
+
+def _draw_criterion(ax, timeline: GroupTimeline) -> None:
+    """The poster's statistic before/after each regroup and, when it differs, the solver's objective."""
+    steps = timeline.steps
+    before, after = np.asarray(timeline.wss_before, float), np.asarray(timeline.wss_after, float)
+    if not (np.isfinite(before).any() or np.isfinite(after).any()):  # records written before these fields
+        before, after = np.asarray(timeline.variance_before, float), np.asarray(timeline.variance_after, float)
+        statistic = "mean group variance of channel means"
+    else:
+        statistic = "within-group sum of squares of μ"
+    lines = []
+    if np.isfinite(before).any():
+        lines += ax.plot(steps, before, "o-", color="tab:gray", label="before regroup")
+    if np.isfinite(after).any():
+        lines += ax.plot(steps, after, "s-", color="tab:blue", label=timeline.variance_label)
+    ax.set(title=f"poster's criterion: {statistic}", xlabel="step")
+    if not lines:
+        ax.text(0.5, 0.5, "no statistics", ha="center", va="center", transform=ax.transAxes)
+        return
+    caption = "Σ_k Σ_{c∈G_k} (μ_c − μ̄_k)²"
+    objective_after = np.asarray(timeline.objective_after, float)
+    same_as_solver = tuple(timeline.cluster_features) == ("mean",)
+    if same_as_solver:
+        caption += ": what the solver minimises (1-D k-means on μ), so after ≤ before"
+    elif np.isfinite(objective_after).any():
+        twin = ax.twinx()
+        lines += twin.plot(steps, timeline.objective_before, "o--", color="tab:orange", alpha=0.7,
+                           label="solver objective, before")
+        lines += twin.plot(steps, objective_after, "s--", color="tab:red", label="solver objective, after")
+        twin.set_ylabel("solver objective")
+        caption += (f"; the solver minimises its objective on standardised "
+                    f"{'+'.join(timeline.cluster_features)} (dashed), so μ's statistic may rise")
+    ax.legend(lines, [line.get_label() for line in lines], fontsize="small")
+    ax.text(0.0, -0.22, caption, transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
+
+
+def plot_timelines(timelines: Sequence[GroupTimeline], path, title: str = "") -> None:
+    """One row per layer: group of each channel, group sizes, the regroup criterion."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     if not timelines:
         raise PlotError("no layer to plot")
-    figure = Figure(figsize=(15, 3.6 * len(timelines)), layout="constrained")
+    figure = Figure(figsize=(16, 4.0 * len(timelines)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(timelines), 3, squeeze=False)
     for row, timeline in zip(axes, timelines):
         steps = timeline.steps
-        ticks = range(len(steps))
-        num = timeline.num_groups  # one colour per group, shared by the map and the size curves
-        colours = colormaps["tab20"].colors[:num] if num <= 20 else colormaps["turbo"].resampled(num)(range(num))
+        num = timeline.num_groups
+        colours = group_colours(num)
         image = row[0].imshow(timeline.group_ids.T, aspect="auto", cmap=ListedColormap(colours),
                               interpolation="nearest", vmin=-0.5, vmax=num - 0.5)
         row[0].set(title=f"{timeline.layer}: group of each channel", xlabel="step", ylabel="channel")
-        row[0].set_xticks(list(ticks), [str(s) for s in steps], rotation=90 if len(steps) > 8 else 0)
-        if timeline.num_groups <= 20:
-            figure.colorbar(image, ax=row[0], ticks=range(timeline.num_groups), label="group", shrink=0.8)
-        sizes = timeline.sizes
-        row[1].yaxis.set_major_locator(MaxNLocator(integer=True))
-        for k in range(timeline.num_groups):
-            row[1].plot(steps, sizes[:, k], marker=".", linewidth=1, color=colours[k])
-        row[1].set(title=f"group sizes ({timeline.num_groups} groups)", xlabel="step", ylabel="channels")
-        before, after = np.asarray(timeline.variance_before, float), np.asarray(timeline.variance_after, float)
-        if np.isfinite(before).any():
-            row[2].plot(steps, before, "o-", label="before regroup")
-        if np.isfinite(after).any():
-            row[2].plot(steps, after, "s-", label=timeline.variance_label)
-        row[2].set(title="mean intra-group variance of channel means", xlabel="step")
-        if np.isfinite(before).any() or np.isfinite(after).any():
-            row[2].legend(fontsize="small")
-        else:
-            row[2].text(0.5, 0.5, "no statistics", ha="center", va="center", transform=row[2].transAxes)
+        labels = [("0 (GN)" if s == 0 and i == 0 else str(s)) for i, s in enumerate(steps)]
+        row[0].set_xticks(list(range(len(steps))), labels, rotation=90 if len(steps) > 8 else 0)
+        if num <= 20:
+            figure.colorbar(image, ax=row[0], ticks=range(num), label="group", shrink=0.8)
+        _draw_sizes(row[1], figure, timeline)
+        _draw_criterion(row[2], timeline)
     if title:
         figure.suptitle(title)
     figure.savefig(path, format="png", dpi=100)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from typing import List, Sequence
+import time
+from typing import List, Optional, Sequence
 
 from torch import nn
 
@@ -23,6 +25,12 @@ __all__ = ["RECORDS_FILE", "RegroupRecords", "regroup_record"]
 
 #: File name the hooks use inside a run's work/output directory.
 RECORDS_FILE = "dgn_groups.jsonl"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def regroup_record(step: int, model: nn.Module, reports: Sequence[RegroupReport]) -> dict:
@@ -38,14 +46,18 @@ class RegroupRecords:
     """A ``.jsonl`` file of regroup records, one line per regroup, appended as training goes.
 
     Call :meth:`start` once before training with the schedule's last regroup
-    step: records after it (written by an earlier run past the checkpoint
-    being resumed, or by a previous run from scratch) are dropped, those up to
-    it are kept, and the run appends from there. So a resumed run continues
-    the file, and a rerun never mixes two runs' steps.
+    step: records up to it stay in the file and the run appends from there, so
+    a resumed run continues the file and a rerun never mixes two runs' steps.
+    Records after it (a previous run from scratch, or an earlier run past the
+    checkpoint being resumed) are not lost: the whole old file is first kept
+    beside it as ``<name>.<timestamp>.jsonl`` (:attr:`set_aside`), which the
+    hooks log as a warning.
     """
 
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
+        self.set_aside: Optional[str] = None  # where start() kept an earlier run's file
+        self.dropped_steps: List[int] = []  # the steps of the records it took out of the file
 
     def read(self) -> List[dict]:
         """The records in the file; a line that is not JSON (a write cut short) is skipped."""
@@ -63,12 +75,39 @@ class RegroupRecords:
         return records
 
     def start(self, last_regroup_step: int) -> int:
-        """Keep the records up to ``last_regroup_step`` (-1: none); returns how many were kept."""
+        """Keep the records up to ``last_regroup_step`` (-1: none); returns how many were kept.
+
+        When others were in the file, the old file is first copied to
+        :attr:`set_aside` and their steps listed in :attr:`dropped_steps`.
+        """
         if not os.path.exists(self.path):
             return 0
-        kept = [r for r in self.read() if int(r["step"]) <= last_regroup_step]
+        records = self.read()
+        kept = [r for r in records if int(r["step"]) <= last_regroup_step]
+        self.dropped_steps = [int(r["step"]) for r in records if int(r["step"]) > last_regroup_step]
+        if self.dropped_steps:
+            self.set_aside = self._set_aside()
         self._rewrite(kept)
         return len(kept)
+
+    def set_aside_warning(self) -> Optional[str]:
+        """What :meth:`start` moved out of the file, for the hooks' WARNING; None if nothing."""
+        if self.set_aside is None:
+            return None
+        steps = self.dropped_steps
+        return (f"{self.path} held {len(steps)} regroup record(s) (steps {steps[0]}..{steps[-1]}) this run does "
+                f"not continue (a fresh run, or a resume from an earlier checkpoint); the old file is kept as "
+                f"{self.set_aside}")
+
+    def _set_aside(self) -> str:
+        """Copy the file to a free ``<stem>.<timestamp>[-n]<suffix>`` beside it."""
+        stem, suffix = os.path.splitext(self.path)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(self.path)))
+        target, n = f"{stem}.{stamp}{suffix}", 1
+        while os.path.exists(target):
+            target, n = f"{stem}.{stamp}-{n}{suffix}", n + 1
+        shutil.copy2(self.path, target)
+        return target
 
     def append(self, record: dict) -> None:
         directory = os.path.dirname(self.path)
@@ -84,6 +123,7 @@ class RegroupRecords:
         try:
             with os.fdopen(handle, "w") as f:
                 f.writelines(json.dumps(record) + "\n" for record in records)
+            os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes 0600; other outputs follow the umask
             os.replace(staging, self.path)
         except BaseException:
             if os.path.exists(staging):

@@ -419,3 +419,15 @@ def test_script_runs_from_the_repository_root(two_files):
     report = json.loads(done.stdout)
     assert report["labels"] == ["GN", "DGN"]  # labels default to the file stems
     assert [s["title"] for s in report["sections"]] == ["bbox", "segm"]
+
+
+def test_mmdet_pickle_without_bboxes_is_one_line(data, capsys):
+    e = data["GN"][10]
+    sample = {"img_id": 10, "pred_instances": {"scores": torch.from_numpy(e["scores"]),
+                                               "labels": torch.zeros(len(e["scores"]), dtype=torch.long)}}
+    pkl = data["tmp"] / "no_boxes.pkl"
+    pkl.write_bytes(pickle.dumps([sample]))
+    assert main(["--gt", str(data["gt_file"]), "--results", f"X={pkl}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "no_boxes.pkl: image 10: 'pred_instances' has no 'bboxes' (keys: labels, scores)" in err

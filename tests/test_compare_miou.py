@@ -330,3 +330,32 @@ def test_script_runs_from_the_repository_root(index_data):
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[0]
     assert header == "section,metric,GN,DGN,delta DGN"
+
+
+def test_single_set_report_mentions_no_delta(index_data):
+    from dgn_plugins.compare.report import render_markdown
+
+    d = index_data
+    text = render_markdown(compare_miou(d["gt"], [("GN", d["dirs"]["GN"])], 5))
+    assert "Δ" not in text and text.startswith("Values in %.")
+    both = render_markdown(compare_miou(d["gt"], list(d["dirs"].items()), 5))
+    assert "Δ = set − GN (baseline)" in both
+
+
+def test_class_names_from_a_config_or_a_dataset_name(index_data, tmp_path):
+    pytest.importorskip("mmseg", reason="mmseg is not installed")
+    from dgn_plugins.compare.miou import class_names_from
+
+    demo = str(Path(__file__).resolve().parent.parent / "configs" / "demo" / "fcn_tiny_gn_demo.py")
+    assert class_names_from(demo) == ["others", "circle", "square", "triangle", "cross"]
+    d = index_data
+    comparison = compare_miou(d["gt"], [("GN", d["dirs"]["GN"])], 5, per_class=True, class_names=demo)
+    assert comparison.sections[-1].metrics == ["others", "circle", "square", "triangle", "cross"]
+    ade = class_names_from("ADE20KDataset")
+    assert len(ade) == 150 and ade[0] == "wall"
+    config = tmp_path / "imagenets50.py"
+    config.write_text("test_dataloader = dict(dataset=dict(type='ImageNetSDataset', subset=50))\n")
+    names = class_names_from(str(config))
+    assert len(names) == 51 and names[:2] == ["others", "goldfish"]
+    with pytest.raises(ComparisonError, match="NoSuchDataset: no such dataset"):
+        class_names_from("NoSuchDataset")

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,3 +47,11 @@ def test_state_dict_of_the_gn_model_loads_into_the_converted_one():
     gn_model = _model()
     converted = convert_gn_to_dgn(_model())
     converted.load_state_dict(gn_model.state_dict())  # strict: GN keys are a subset DGN accepts
+
+
+def test_infeasible_options_name_the_module_path():
+    from dgn_plugins.layout import DGNOptionError
+
+    model = nn.Sequential(nn.Conv2d(3, 10, 1), nn.Sequential(nn.ReLU(), nn.GroupNorm(2, 10)))
+    with pytest.raises(DGNOptionError, match=r"convert_gn_to_dgn: layer 1\.1 \(GroupNorm\(2, 10\)\).*alpha"):
+        convert_gn_to_dgn(model, group_size=3, alpha=0.1)

@@ -175,3 +175,14 @@ def test_copies_pickles_and_moves_dtype():
     x = torch.randn(2, 16, 3, 3, dtype=torch.float64)
     assert double(x).dtype == torch.float64
     assert double.group_id.dtype == torch.long
+
+
+def test_infeasible_bounds_say_which_option_to_change():
+    from dgn_plugins.layout import DGNOptionError
+
+    with pytest.raises(DGNOptionError, match=r"group_size=16, alpha=0.05.*raise alpha to >= 0\.063 \(now 0\.05\)"):
+        DynamicGroupNorm(2050, group_size=16, alpha=0.05)
+    with pytest.raises(DGNOptionError, match=r"raise alpha to >= 0\.200 .*a num_groups that divides C \(e\.g\. 2\)"):
+        DynamicGroupNorm(10, num_groups=3, alpha=0.1)
+    DynamicGroupNorm(2050, group_size=16, alpha=0.063)  # the advice is enough
+    DynamicGroupNorm(10, num_groups=3, alpha=0.2)

@@ -126,3 +126,75 @@ def test_error_paths(tmp_path, capsys):
     assert tool.main(["--checkpoints", str(tmp_path / "missing.pth")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------ what a reader sees
+def _hue(colour):
+    from matplotlib.colors import rgb_to_hsv
+
+    return rgb_to_hsv(np.asarray(colour[:3], float))[0]
+
+
+@pytest.mark.parametrize("num_groups", [8, 16, 20, 32, 64])
+def test_neighbouring_groups_get_different_hues(num_groups):
+    from dgn_plugins.plots import group_colours
+
+    colours = group_colours(num_groups)
+    assert len(colours) == num_groups and len(set(map(tuple, colours))) == num_groups
+    for k in range(num_groups - 1):
+        gap = abs(_hue(colours[k]) - _hue(colours[k + 1]))
+        assert min(gap, 1 - gap) > 0.04, (k, colours[k], colours[k + 1])
+
+
+def test_sizes_are_counted_per_size_not_drawn_per_group(run_dir):
+    from dgn_plugins.plots import size_counts
+
+    records = [json.loads(line) for line in (run_dir / "dgn_groups.jsonl").read_text().splitlines()]
+    timeline = timelines_from_records(records)["4"]
+    low, counts = size_counts(timeline)
+    assert counts.shape == (timeline.sizes.max() - low + 1, len(timeline.steps))
+    assert (counts.sum(0) == timeline.num_groups).all()  # every group counted once per step
+    for t, row in enumerate(timeline.sizes):
+        for size in set(row.tolist()):
+            assert counts[size - low, t] == (row == size).sum()
+
+
+def test_tool_starts_record_timelines_from_gn(run_dir, tmp_path):
+    from dgn_plugins.layout import default_group_ids
+
+    tool = _tool()
+    drawn = []
+    tool.plot_timelines = lambda timelines, out, title: drawn.extend(timelines)
+    assert tool.main(["--records", str(run_dir / "dgn_groups.jsonl"), "--layers", "^4$"]) == 0
+    (timeline,) = drawn
+    assert timeline.steps == [0, 10, 20, 30, 40]
+    assert timeline.group_ids[0].tolist() == default_group_ids(32, 8).tolist()
+    assert np.isnan(timeline.wss_before[0]) and np.isfinite(timeline.wss_before[1:]).all()
+
+
+def _criterion_legend(timeline):
+    from matplotlib.figure import Figure
+
+    from dgn_plugins.plots import _draw_criterion
+
+    ax = Figure().subplots()
+    _draw_criterion(ax, timeline)
+    return ax.get_title(), [text.get_text() for text in ax.get_legend().get_texts()], ax.texts[-1].get_text()
+
+
+def test_criterion_panel_shows_the_posters_statistic_and_when_needed_the_solvers(run_dir):
+    records = [json.loads(line) for line in (run_dir / "dgn_groups.jsonl").read_text().splitlines()]
+    timeline = timelines_from_records(records)["4"]
+    expected = [next(r for r in rec["reports"] if r["name"] == "4")["within_group_ss_after"] for rec in records]
+    assert timeline.wss_after == expected
+    assert all(a <= b + 1e-12 for a, b in zip(timeline.wss_after, timeline.wss_before))  # default solver
+    title, legend, caption = _criterion_legend(timeline)
+    assert "within-group sum of squares" in title and legend == ["before regroup", "after regroup"]
+    assert "what the solver minimises" in caption
+
+    for record in records:
+        for report in record["reports"]:
+            report["cluster_features"] = ["mean", "var"]
+    title, legend, caption = _criterion_legend(timelines_from_records(records)["4"])
+    assert legend[2:] == ["solver objective, before", "solver objective, after"]
+    assert "standardised mean+var" in caption and "may rise" in caption

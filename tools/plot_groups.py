@@ -4,9 +4,11 @@ From a sequence of checkpoints (mmengine, Detectron2 or torch.save; any state
 dict holding ``*.group_id`` buffers) or from regroup records (``.jsonl``, one
 ``{"step", "group_id": {layer: ids}, "reports": [...]}`` per regroup, as
 tools/demo_core.py keeps them), draw for each chosen layer: the group of every
-channel over training, the group sizes, and the mean intra-group variance of
-the channel means (before/after each regroup from records; per checkpoint,
-computed from ``channel_mean_ema``, from checkpoints).
+channel over training (records start from GN's grouping at step 0), how many
+groups have each size, and the poster's criterion, the within-group sum of
+squares of the channel means (before/after each regroup from records, with the
+solver's objective when it clusters on other statistics; per checkpoint,
+computed from ``channel_mean_ema``).
 
     python tools/plot_groups.py --checkpoints work_dirs/dgn/iter_*.pth --out groups.png
     python tools/plot_groups.py --records work_dirs/dgn/dgn_groups.jsonl --layers 'backbone\\.layer4' --out groups.png
@@ -19,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dgn_plugins.plots import (PlotError, plot_timelines, read_records, select_layers,  # noqa: E402
+from dgn_plugins.plots import (PlotError, gn_start, plot_timelines, read_records, select_layers,  # noqa: E402
                                timelines_from_checkpoints, timelines_from_records)
 
 
@@ -36,7 +38,8 @@ def main(argv=None) -> int:
         if args.checkpoints:
             everything = timelines_from_checkpoints(args.checkpoints)
         else:
-            everything = timelines_from_records(read_records(args.records))
+            records = read_records(args.records)
+            everything = timelines_from_records(records, initial=gn_start(records))  # step 0: GN's grouping
         chosen = select_layers(list(everything), args.layers)
         plot_timelines([everything[name] for name in chosen], args.out, args.title)
     except (PlotError, OSError) as err:

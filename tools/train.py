@@ -9,12 +9,15 @@ The flags are those of the toolkits' own ``tools/train.py``::
     torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch
     python tools/train.py CONFIG --resume            # latest checkpoint in work_dir
     python tools/train.py CONFIG --resume ckpt.pth   # that checkpoint
+    python tools/train.py mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py --dgn   # a GN config as DGN
 
 It picks the toolkit from the config (``default_scope``, else the model
 type), registers that toolkit's modules, imports ``dgn_plugins`` (so configs
 need no ``custom_imports``), checks every ``norm_cfg`` type names a registered
 layer, and builds MMEngine's ``Runner`` as mmdet's launcher does. Without
-CUDA, distributed runs use gloo on CPU.
+CUDA, distributed runs use gloo on CPU. ``--dgn`` runs a GN config with DGN
+(:mod:`dgn_plugins.openmmlab.switch`). Errors a user fixes in the config
+(unknown norm type, DGN options a layer cannot meet) are one line on stderr.
 """
 from __future__ import annotations
 
@@ -51,9 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="override config settings, xxx=yyy pairs merged into the config (as in the toolkits' train.py)",
     )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher")
+    dgn = parser.add_argument_group("GN -> DGN", "run a GN config with Dynamic Group Normalization, no config file needed")
+    dgn.add_argument("--dgn", action="store_true",
+                     help="replace every GN norm_cfg (and nn.GroupNorm built directly) with DGN and add DGNRegroupHook")
+    dgn.add_argument("--dgn-interval", type=int, default=1000, help="regroup every N iterations (default 1000)")
+    dgn.add_argument("--dgn-stop", type=int,
+                     help="last iteration that may regroup (default: before the last LR step, else at 90%%)")
+    dgn.add_argument("--dgn-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                     help="DGN layer options, e.g. alpha=0.5 percentile=0.75 group_size=16 (GN's num_groups is kept)")
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.dgn and (args.dgn_options or args.dgn_stop is not None):
+        parser.error("--dgn-options/--dgn-stop need --dgn")
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return args
@@ -132,7 +145,7 @@ def load_config(args):
     """The config with the command line applied, as mmdet's ``tools/train.py`` does."""
     from mmengine.config import Config
 
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(resolve_config_path(args.config))
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -140,7 +153,11 @@ def load_config(args):
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config.split("::")[-1]))[0])
+    if getattr(args, "dgn", False):  # applied by build_runner, which knows the toolkit and the data
+        if args.dgn_interval < 1:
+            raise SystemExit(f"--dgn-interval must be >= 1, got {args.dgn_interval}")
+        cfg.dgn_switch = dict(options=dict(args.dgn_options or {}), interval=args.dgn_interval, stop=args.dgn_stop)
     if args.amp:
         _enable_amp(cfg)
     if args.auto_scale_lr:
@@ -159,6 +176,23 @@ def load_config(args):
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
+
+
+def resolve_config_path(path: str) -> str:
+    """A local file, or ``package::relative/path.py`` (e.g. ``mmdet::gn/...``) in the installed toolkit."""
+    if "::" not in path:
+        if not osp.isfile(path):
+            raise SystemExit(f"config file {path} not found")
+        return path
+    from mmengine.config import Config
+
+    try:
+        resolved, _ = Config._get_cfg_path(path, "")
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"config {path}: {error}") from None
+    if not osp.isfile(resolved):
+        raise SystemExit(f"config {path}: no file {resolved} in the installed package")
+    return resolved
 
 
 def _enable_amp(cfg) -> None:
@@ -218,13 +252,53 @@ def build_runner(cfg):
     if cfg.get("default_scope") is None:
         cfg.default_scope = toolkit
 
-    from dgn_plugins.openmmlab.norm_check import check_norm_types
+    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.openmmlab.norm_check import check_norm_types, explain_infeasible_dgn
 
+    switch = cfg.pop("dgn_switch", None)
+    runner_cls = RUNNERS.get(cfg.runner_type) if "runner_type" in cfg else Runner
+    if switch is not None:
+        runner_cls, changes = _apply_dgn_switch(cfg, switch, runner_cls)
     check_norm_types(dict(model=cfg.get("model")), scope=toolkit)  # paths read model.backbone.norm_cfg
     setup_cpu_distributed(cfg)
-    if "runner_type" not in cfg:
-        return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+    try:
+        runner = runner_cls.from_cfg(cfg)
+    except DGNOptionError as error:
+        raise DGNOptionError(explain_infeasible_dgn(cfg.model, toolkit, error)) from None
+    if switch is not None:
+        _add_regroup_hook(runner, cfg, switch, changes)
+    return runner
+
+
+def _apply_dgn_switch(cfg, switch, runner_cls):
+    """``--dgn`` on the config: GN norm_cfgs become DGN; returns the converting Runner class and the changes."""
+    from dgn_plugins.openmmlab.switch import check_layer_options, converting_runner_class, gn_norm_cfgs_to_dgn
+
+    options = check_layer_options(switch["options"])
+    changes = dict(norm_cfgs=gn_norm_cfgs_to_dgn(cfg.model, options), modules=[])
+    return converting_runner_class(runner_cls, options, changes["modules"]), changes
+
+
+def _add_regroup_hook(runner, cfg, switch, changes) -> None:
+    """``--dgn``: add DGNRegroupHook (stop before the last LR step) and log what was changed."""
+    from dgn_plugins.openmmlab import DGNRegroupHook
+    from dgn_plugins.openmmlab.switch import default_stop
+
+    log = runner.logger
+    log.info(f"--dgn: {len(changes['norm_cfgs'])} GN norm_cfg(s) now DGN: {', '.join(changes['norm_cfgs']) or 'none'}"
+             + (f"; options {switch['options']}" if switch["options"] else ""))
+    log.info(f"--dgn: {len(changes['modules'])} nn.GroupNorm built outside norm_cfg converted"
+             + (f": {', '.join(changes['modules'])}" if changes["modules"] else ""))
+    if any(isinstance(hook, DGNRegroupHook) for hook in runner.hooks):
+        log.info("--dgn: the config already has a DGNRegroupHook; none added")
+        return
+    stop, why = switch["stop"], "--dgn-stop"
+    if stop is None:
+        loop = runner.train_loop  # built here (its data loader too); train() reuses it
+        iters_per_epoch = len(loop.dataloader) if hasattr(loop, "max_epochs") else 1
+        stop, why = default_stop(cfg.get("param_scheduler"), loop.max_iters, iters_per_epoch)
+    runner.register_hook(DGNRegroupHook(interval=switch["interval"], stop=stop))
+    log.info(f"--dgn: added DGNRegroupHook(interval={switch['interval']}, stop={stop}), stop {why}")
 
 
 def main(argv=None):
@@ -238,5 +312,17 @@ def main(argv=None):
     return runner
 
 
+def cli(argv=None) -> int:
+    """``main`` for the command line: errors a user can fix are one line on stderr, exit status 2."""
+    from dgn_plugins.errors import ConfigError
+
+    try:
+        main(argv)
+    except ConfigError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -9,7 +9,6 @@ Submodules are not imported here so that ``import dgn_plugins.compare`` stays
 cheap and does not require pycocotools or matplotlib. This module holds the two
 things every tool shares: the error type and the result-file reader.
 """
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,36 +22,34 @@ class ComparisonError(Exception):
     """
 
 
-def read_results_file(path):
+def read_results_file(path, formats=("json", "pickle", "torch")):
     """Parse JSON, a plain pickle or a ``torch.save`` archive, chosen by content.
 
     Toolkit dumps (mmengine's ``DumpResults``, Detectron2's ``torch.save``) hold
-    only dicts, lists, tensors and arrays, so neither MMEngine nor Detectron2 is
-    needed to read them; torch is imported only for tensors and zip archives.
+    only dicts, lists, tensors and arrays; they are loaded by an allow-list of
+    exactly those (:mod:`dgn_plugins.safe_load`), so a shared file cannot run
+    code. ``formats`` restricts what is accepted (ground truth: JSON only).
     """
+    from ..safe_load import UnsafeFileError, load_data_file
+
     path = Path(path)
     if not path.is_file():
         raise ComparisonError(f"{path}: no such file")
     with open(path, "rb") as handle:
         head = handle.read(64).lstrip()
+    kind = "torch" if zipfile.is_zipfile(path) else "pickle" if head.startswith(b"\x80") else "json"
+    if kind not in formats:
+        raise ComparisonError(f"{path}: expected {' or '.join(formats)}, got a {kind} file")
     try:
-        if zipfile.is_zipfile(path):
-            import torch
-
-            return torch.load(path, map_location="cpu", weights_only=False)
-        if head.startswith(b"\x80"):
-            with open(path, "rb") as handle:
-                return pickle.load(handle)
-        if head[:1] in (b"[", b"{"):
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-    except (ModuleNotFoundError, AttributeError) as err:
-        raise ComparisonError(f"{path}: the pickle refers to code that is not installed ({err}); "
-                              "only dicts, lists, tensors and arrays can be read") from err
+        return load_data_file(path)
+    except UnsafeFileError as err:
+        raise ComparisonError(f"{path}: refused: {err}") from None
     except (ValueError, pickle.UnpicklingError, EOFError, RuntimeError) as err:
-        raise ComparisonError(f"{path}: cannot be parsed ({err})") from err
-    raise ComparisonError(f"{path}: unrecognised format (expected JSON, a pickle "
-                          "or a torch.save file)")
+        reason = " ".join(str(err).split())[:300]
+        if "unrecognised format" in reason:
+            raise ComparisonError(f"{path}: unrecognised format (expected JSON, a pickle "
+                                  "or a torch.save file)") from None
+        raise ComparisonError(f"{path}: cannot be parsed ({reason})") from None
 
 
 __all__ = ["ComparisonError", "read_results_file"]

@@ -60,7 +60,7 @@ def load_ground_truth(path: Path):
     """A pycocotools ``COCO`` for the annotation file, or a clear error."""
     from pycocotools.coco import COCO
 
-    data = read_results_file(path)
+    data = read_results_file(path, formats=("json",))
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise ComparisonError(f"{path}: not a COCO annotation file "
                               "(expected a JSON object with images, annotations and categories)")
@@ -109,6 +109,14 @@ def from_mmdet_samples(samples: list, cat_ids: Sequence[int],
     for idx, sample in enumerate(samples):
         pred = sample["pred_instances"]
         image_id = _plain_id(sample.get("img_id", idx))
+        if not isinstance(pred, dict):
+            raise ComparisonError(f"{path}: image {image_id}: 'pred_instances' is a {type(pred).__name__}, "
+                                  "not a dict (dump it with mmdet's tools/test.py --out)")
+        missing = [key for key in ("bboxes", "scores", "labels") if key not in pred]
+        if missing:
+            raise ComparisonError(
+                f"{path}: image {image_id}: 'pred_instances' has no {', '.join(repr(k) for k in missing)} "
+                f"(keys: {', '.join(sorted(map(str, pred))) or 'none'}); box AP needs bboxes, scores and labels")
         bboxes = _as_array(pred["bboxes"], np.float32).reshape(-1, 4)
         scores = _as_array(pred["scores"], np.float32)
         labels = _as_array(pred["labels"]).astype(np.int64)

@@ -246,15 +246,68 @@ def _check_keys(gt_keys: Sequence[str], pset: PredictionSet, gt_dir: Path) -> No
 
 
 def read_class_names(path: Optional[Path], num_classes: int) -> List[str]:
+    """Names for the per-class rows: from ``path`` (see :func:`class_names_from`), else ``class i``."""
     if path is None:
         return [f"class {i}" for i in range(num_classes)]
-    try:
-        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError as err:
-        raise ComparisonError(f"{path}: cannot read class names ({err})") from err
+    names = class_names_from(str(path))
     if len(names) != num_classes:
         raise ComparisonError(f"{path}: {len(names)} class names for --num-classes {num_classes}")
     return names
+
+
+def class_names_from(source: str) -> List[str]:
+    """Class names from a text file (one per line), an MMSegmentation config (its test set's
+    ``metainfo.classes``, else its dataset type's), or a registered dataset name (``ADE20KDataset``)."""
+    if source.endswith(".py"):
+        return _config_class_names(source)
+    if os.path.isfile(source) or os.sep in source or "." in source:
+        try:
+            return [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+        except OSError as err:
+            raise ComparisonError(f"{source}: cannot read class names ({err})") from err
+    return _dataset_class_names(source, {})
+
+
+def _dataset_class_names(dataset_type: str, dataset_cfg) -> List[str]:
+    try:
+        from mmseg.registry import DATASETS
+        from mmseg.utils import register_all_modules
+    except ImportError as err:
+        raise ComparisonError(f"--class-names {dataset_type}: a dataset name needs MMSegmentation ({err})") from None
+    register_all_modules(init_default_scope=False)
+    import dgn_plugins  # noqa: F401  (our datasets, e.g. ImageNetSDataset)
+
+    dataset_cls = DATASETS.get(dataset_type)
+    if dataset_cls is None:
+        raise ComparisonError(f"--class-names {dataset_type}: no such dataset in MMSegmentation's registry "
+                              "(give a text file, a config or a dataset class name such as ADE20KDataset)")
+    classes = dataset_cls.METAINFO.get("classes")
+    if not classes and dataset_type == "ImageNetSDataset" and dataset_cfg.get("subset"):
+        from ..openmmlab.imagenet_s.classes import classes_of_subset
+
+        classes = classes_of_subset(dataset_cfg["subset"])
+    if not classes:
+        raise ComparisonError(f"--class-names {dataset_type}: the dataset names no classes in its METAINFO")
+    return [str(name) for name in classes]
+
+
+def _config_class_names(path: str) -> List[str]:
+    try:
+        from mmengine.config import Config
+
+        cfg = Config.fromfile(path)
+    except Exception as err:  # a config that does not load: say so in one line
+        raise ComparisonError(f"{path}: cannot load the config ({' '.join(str(err).split())[:200]})") from None
+    loader = cfg.get("test_dataloader") or cfg.get("val_dataloader") or {}
+    dataset = loader.get("dataset", {}) if isinstance(loader, dict) else {}
+    while isinstance(dataset.get("dataset"), dict):  # wrappers such as RepeatDataset
+        dataset = dataset["dataset"]
+    classes = (dataset.get("metainfo") or {}).get("classes")
+    if classes:
+        return [str(name) for name in classes]
+    if not dataset.get("type"):
+        raise ComparisonError(f"{path}: no test_dataloader.dataset with classes or a type")
+    return _dataset_class_names(dataset["type"], dataset)
 
 
 def accumulate(gt_dir: Path, sets: Sequence[PredictionSet], num_classes: int, ignore_index: int,
@@ -355,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ground-truth file suffix stripped for matching (default .png)")
     parser.add_argument("--pred-suffix", default=".png",
                         help="prediction file / img_path suffix stripped for matching")
-    parser.add_argument("--class-names", type=Path, help="text file, one class name per line")
+    parser.add_argument("--class-names", metavar="SOURCE",
+                        help="per-class row names: a text file (one per line), an MMSegmentation config "
+                             "(its test set's classes) or a dataset class name such as ADE20KDataset")
     parser.add_argument("--per-class", action="store_true", help="add per-class IoU")
     add_output_arguments(parser)
     return parser

@@ -88,7 +88,8 @@ def render_markdown(comparison: Comparison, digits: int = 2) -> str:
         return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
     header = ["metric"] + comparison.labels + [f"Δ {label}" for label in _others(comparison)]
-    lines = [f"Values in {comparison.unit}; Δ = set − {comparison.baseline} (baseline).", ""]
+    deltas_shown = f"; Δ = set − {comparison.baseline} (baseline)" if _others(comparison) else ""
+    lines = [f"Values in {comparison.unit}{deltas_shown}.", ""]
     for section in comparison.sections:
         lines += [f"### {section.title}", "",
                   "| " + " | ".join(header) + " |",

@@ -5,6 +5,7 @@
     cfg.merge_from_list(["MODEL.RESNETS.NORM", "DGN", "MODEL.FPN.NORM", "DGN"])
     trainer = DGNTrainer(cfg)   # builds "DGN" norms, regroups every MODEL.DGN.REGROUP.INTERVAL
 
+Your own ``train_net.py``: ``class Trainer(DGNMixin, DefaultTrainer)``.
 Pieces for custom code: :func:`build_model` (``"DGN"`` norms resolved, see
 :mod:`.norm` for why resolution and not a patch of ``get_norm``),
 :class:`DGNNorm` (a ``get_norm`` callable, also for LazyConfigs),
@@ -22,14 +23,16 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from .config import add_dgn_config, dgn_layer_options, regroup_options
 from .data import register_synthetic_coco
 from .hook import DGNRegroupHook, insert_regroup_hook
-from .norm import DGN, DGNNorm, build_model, dgn_norm_keys, resolve_dgn_norms
-from .trainer import DGNTrainer
+from .norm import DGN, DGNNorm, UnknownNormError, build_model, dgn_norm_keys, resolve_dgn_norms
+from .trainer import DGNMixin, DGNTrainer, setup_dgn_logger, with_regroup_hook
 
 __all__ = [
     "DGN",
     "DGNNorm",
     "DGNRegroupHook",
+    "DGNMixin",
     "DGNTrainer",
+    "UnknownNormError",
     "add_dgn_config",
     "build_model",
     "dgn_layer_options",
@@ -38,4 +41,6 @@ __all__ = [
     "regroup_options",
     "register_synthetic_coco",
     "resolve_dgn_norms",
+    "setup_dgn_logger",
+    "with_regroup_hook",
 ]

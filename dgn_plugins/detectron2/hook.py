@@ -53,7 +53,8 @@ class DGNRegroupHook(HookBase):
         log_per_layer: log one line per layer besides the totals.
         records_file: path of the ``.jsonl`` regroup records the main process
             appends to (``None``: none). A resumed run keeps the records up to
-            its checkpoint and appends; a run from scratch starts the file anew.
+            its checkpoint and appends; a run from scratch starts the file anew,
+            keeping the old one beside it as ``<name>.<timestamp>.jsonl``.
     """
 
     def __init__(
@@ -82,6 +83,9 @@ class DGNRegroupHook(HookBase):
         if self.records_file is not None and comm.is_main_process():
             self.records = RegroupRecords(self.records_file)
             kept = self.records.start(self.schedule.last_regroup_step)
+            warning = self.records.set_aside_warning()
+            if warning is not None:
+                logger.warning(f"DGNRegroupHook: {warning}")
             logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
         layers = dgn_layers(self.trainer.model)
         if not layers:

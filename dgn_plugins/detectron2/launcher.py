@@ -158,5 +158,17 @@ def main(argv: Optional[List[str]] = None):
     return None
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """``main`` for the command line: a config error is one line on stderr and exit status 2."""
+    from ..errors import ConfigError
+
+    try:
+        main(argv)
+    except ConfigError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -17,6 +17,7 @@ Unless the entry says ``records_file``, regroup records go to
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Optional
@@ -30,6 +31,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
+from ..layout import DGNOptionError
 from ..records import RECORDS_FILE
 from .hook import DGNRegroupHook, insert_regroup_hook
 from .trainer import ddp_device_kwargs
@@ -75,9 +77,42 @@ def _with_default_records_file(spec, output_dir: Optional[str]):
 
 
 def build_model(cfg) -> torch.nn.Module:
-    model = instantiate(cfg.model)
+    """``instantiate(cfg.model)`` on ``train.device``; DGN options a layer cannot meet name its module path."""
+    try:
+        model = instantiate(cfg.model)
+    except DGNOptionError as error:
+        raise DGNOptionError(_explain_infeasible(cfg.model, error)) from None
     model.to(cfg.train.device)
     return model
+
+
+def _explain_infeasible(model_cfg, error: Exception) -> str:
+    """Build ``model_cfg`` again with every ``L(DGNNorm)`` turned into a probe, to find the failing layers."""
+    from omegaconf import ListConfig
+
+    from ..feasibility import describe_infeasible, infeasible_layers
+    from .norm import DGNNorm, ProbeNorm
+
+    probe, slots = copy.deepcopy(model_cfg), []
+
+    def swap(node, path: str) -> None:
+        if isinstance(node, DictConfig):
+            target = node.get("_target_")
+            if target is DGNNorm or (isinstance(target, str) and target.endswith(".DGNNorm")):
+                node["_target_"] = ProbeNorm
+                slots.append(path)
+            for key in list(node.keys()):
+                swap(node[key], f"{path}.{key}")
+        elif isinstance(node, ListConfig):
+            for index, item in enumerate(node):
+                swap(item, f"{path}[{index}]")
+
+    try:
+        swap(probe, "model")
+        layers = infeasible_layers(instantiate(probe))
+    except Exception:  # the probe build is a courtesy: keep the original message
+        layers = []
+    return describe_infeasible(layers, f"the L(DGNNorm) options of {', '.join(slots)}") if layers else str(error)
 
 
 def test(cfg, model):

@@ -37,10 +37,12 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model as _build_detectron2_model
 from torch import nn
 
+from ..errors import ConfigError
 from ..layer import DynamicGroupNorm
+from ..layout import DGNOptionError
 from .config import dgn_layer_options
 
-__all__ = ["DGN", "DGNNorm", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]
+__all__ = ["DGN", "DGNNorm", "UnknownNormError", "accepted_norms", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]
 
 #: The config value that selects DGN, next to Detectron2's "BN", "GN", ...
 DGN = "DGN"
@@ -143,6 +145,105 @@ def resolve_dgn_norms(cfg: CfgNode) -> CfgNode:
     return resolved
 
 
+class UnknownNormError(KeyError, ConfigError):
+    """A ``*NORM`` config value ``get_norm`` does not know; the message names the key and the accepted values."""
+
+    def __str__(self) -> str:  # KeyError would print the message repr-quoted
+        return str(self.args[0]) if self.args else ""
+
+
+#: ``get_norm``'s names at Detectron2 02b5c4e, used when they cannot be read from the function.
+_GET_NORM_NAMES = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN")
+
+#: ``MODEL.DGN`` keys of the layer options an infeasibility message names.
+_OPTION_KEYS = {"alpha": "MODEL.DGN.ALPHA", "num_groups": "MODEL.DGN.NUM_GROUPS", "group_size": "MODEL.DGN.GROUP_SIZE"}
+
+
+def accepted_norms() -> list:
+    """The strings ``get_norm`` accepts (read from its dict literal's constant keys), ``""`` and ``"DGN"``."""
+    from detectron2.layers import get_norm
+
+    names = next((c for c in get_norm.__code__.co_consts
+                  if isinstance(c, tuple) and "GN" in c and all(isinstance(n, str) for n in c)), _GET_NORM_NAMES)
+    return ["", *names, DGN]
+
+
+def _norm_keys_with_value(cfg: CfgNode, value, prefix: str = "") -> list:
+    keys = []
+    for key, item in cfg.items():
+        if isinstance(item, CfgNode):
+            keys += _norm_keys_with_value(item, value, prefix + key + ".")
+        elif key.endswith("NORM") and item == value:
+            keys.append(prefix + key)
+    return keys
+
+
+def _unknown_norm_message(keys: list, value: str) -> str:
+    import difflib
+
+    known = accepted_norms()
+    close = [n for n in known if n and n.lower() == value.lower()]
+    close = close or difflib.get_close_matches(value, [n for n in known if n], n=1, cutoff=0.4)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"{', '.join(keys)} = {value!r} is not a norm Detectron2 knows.{hint} "
+            f"Accepted: {', '.join(repr(n) for n in known)}.")
+
+
+def _explain_infeasible(cfg: CfgNode, error: Exception) -> str:
+    """``error`` with the module paths of the layers whose ``MODEL.DGN`` options cannot be met.
+
+    Builds the model again with a probe norm in place of DGN (see
+    :mod:`dgn_plugins.feasibility`); falls back to ``error`` if that fails.
+    """
+    from ..feasibility import describe_infeasible, infeasible_layers
+
+    keys = dgn_norm_keys(cfg)
+    options = dgn_layer_options(cfg)
+    probe = cfg.clone()
+    probe.defrost()
+    for name in keys:
+        *path, leaf = name.split(".")
+        node = probe
+        for part in path:
+            node = node[part]
+        node[leaf] = ProbeNorm(**options)
+    try:
+        layers = infeasible_layers(_build_detectron2_model(probe))
+    except Exception:  # the probe build is a courtesy: keep the original message
+        layers = []
+    message = describe_infeasible(layers, f"MODEL.DGN for {', '.join(keys)}") if layers else str(error)
+    for option, key in _OPTION_KEYS.items():  # the layer speaks of its arguments, the user sets config keys
+        message = message.replace(f"raise {option} ", f"raise {key} ").replace(f"a {option} ", f"a {key} ")
+    return message
+
+
+class ProbeNorm:
+    """``DGNNorm``'s signature, building :class:`~dgn_plugins.feasibility.ProbeGroupNorm` layers."""
+
+    def __init__(self, num_groups: int = 32, **options) -> None:
+        self.options = dict(options, num_groups=num_groups)
+
+    def __call__(self, channels: int) -> nn.Module:
+        from ..feasibility import ProbeGroupNorm
+
+        return ProbeGroupNorm(channels, **self.options)
+
+
 def build_model(cfg: CfgNode) -> nn.Module:
-    """``detectron2.modeling.build_model`` for configs that may say ``NORM: "DGN"``."""
-    return _build_detectron2_model(resolve_dgn_norms(cfg))
+    """``detectron2.modeling.build_model`` for configs that may say ``NORM: "DGN"``.
+
+    Errors name the setting to change: an unknown ``*NORM`` value raises
+    :class:`UnknownNormError` (the keys and the accepted values; Detectron2's
+    own is a bare ``KeyError: 'DNG'``), ``MODEL.DGN`` options a layer cannot
+    meet a :class:`~dgn_plugins.layout.DGNOptionError` with its module path.
+    """
+    try:
+        return _build_detectron2_model(resolve_dgn_norms(cfg))
+    except DGNOptionError as error:
+        raise DGNOptionError(_explain_infeasible(cfg, error)) from None
+    except KeyError as error:
+        value = error.args[0] if len(error.args) == 1 else None
+        keys = _norm_keys_with_value(cfg, value) if isinstance(value, str) else []
+        if not keys:
+            raise
+        raise UnknownNormError(_unknown_norm_message(keys, value)) from None

@@ -10,8 +10,10 @@ What it adds to ``DefaultTrainer``, one method each:
 - ``__init__`` also trains several processes on CPU: ``DefaultTrainer`` passes
   ``device_ids=[local_rank]`` to DDP, which PyTorch refuses for CPU modules.
 
-Custom trainers can reuse the pieces instead: ``dgn_plugins.detectron2.build_model``
-and ``insert_regroup_hook(hooks, DGNRegroupHook(**regroup_options(cfg)))``.
+A ``train_net.py`` of your own keeps its ``Trainer`` and mixes :class:`DGNMixin`
+in (``class Trainer(DGNMixin, DefaultTrainer)``): DGN norms, the regroup hook
+and our log lines, in one base class; ``add_dgn_config(cfg)`` goes in its
+``setup`` before ``merge_from_file`` (docs/detectron2.md has the recipe).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from .config import regroup_options
 from .hook import DGNRegroupHook, insert_regroup_hook
 from .norm import build_model
 
-__all__ = ["DGNTrainer", "ddp_device_kwargs", "setup_dgn_logger"]
+__all__ = ["DGNMixin", "DGNTrainer", "ddp_device_kwargs", "setup_dgn_logger", "with_regroup_hook"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,38 @@ def setup_dgn_logger(output_dir=None) -> None:
     """Send ``dgn_plugins`` log lines where Detectron2's go (console, ``log.txt``), once."""
     if not logging.getLogger("dgn_plugins").handlers:
         setup_logger(output_dir, distributed_rank=comm.get_rank(), name="dgn_plugins", abbrev_name="dgn")
+
+
+def with_regroup_hook(cfg, hook_list: list) -> list:
+    """``hook_list`` plus :class:`DGNRegroupHook` from ``MODEL.DGN.REGROUP`` (before the checkpointer)."""
+    options = regroup_options(cfg)
+    if options is None:
+        logger.info("MODEL.DGN.REGROUP.INTERVAL is 0: DGN layers keep their groupings.")
+        return list(hook_list)
+    return insert_regroup_hook(hook_list, DGNRegroupHook(**options))
+
+
+class DGNMixin:
+    """DGN for a ``DefaultTrainer`` subclass of your own: ``class Trainer(DGNMixin, DefaultTrainer)``.
+
+    ``build_model`` resolves ``"DGN"`` norms, ``build_hooks`` adds the regroup
+    hook, and ``dgn_plugins``' log lines (each regroup's) go to the console and
+    ``OUTPUT_DIR/log.txt`` like Detectron2's. Put it first so its methods wrap
+    yours; the config needs ``add_dgn_config(cfg)`` before ``merge_from_file``.
+    """
+
+    def __init__(self, cfg, *args, **kwargs):
+        setup_dgn_logger(cfg.OUTPUT_DIR)
+        super().__init__(cfg, *args, **kwargs)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        logging.getLogger("detectron2").info("Model:\n{}".format(model))
+        return model
+
+    def build_hooks(self):
+        return with_regroup_hook(self.cfg, super().build_hooks())
 
 
 class DGNTrainer(DefaultTrainer):
@@ -83,11 +117,7 @@ class DGNTrainer(DefaultTrainer):
         return model
 
     def build_hooks(self):
-        options = regroup_options(self.cfg)
-        if options is None:
-            logger.info("MODEL.DGN.REGROUP.INTERVAL is 0: DGN layers keep their groupings.")
-            return super().build_hooks()
-        return insert_regroup_hook(super().build_hooks(), DGNRegroupHook(**options))
+        return with_regroup_hook(self.cfg, super().build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -21,8 +21,9 @@ from __future__ import annotations
 import collections
 from typing import List
 
-import numpy as np
 import torch
+
+from ..safe_load import numpy_globals
 
 __all__ = ["history_buffer_method", "mmengine_checkpoint_globals", "allow_mmengine_checkpoint_types"]
 
@@ -43,16 +44,6 @@ def history_buffer_method(owner, name: str):
     )
 
 
-def _numpy_globals() -> List:
-    """What pickling a numpy array or scalar references, for this numpy."""
-    try:  # numpy >= 2 pickles through numpy._core
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
-    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
-
-
 def mmengine_checkpoint_globals() -> List:
     """Every global an MMEngine training checkpoint references (torch's own aside)."""
     from mmengine.logging.history_buffer import HistoryBuffer
@@ -61,7 +52,7 @@ def mmengine_checkpoint_globals() -> List:
         HistoryBuffer,
         (history_buffer_method, "builtins.getattr"),
         collections.Counter,
-        *_numpy_globals(),
+        *numpy_globals(),
     ]
 
 

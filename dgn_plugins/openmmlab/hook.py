@@ -95,7 +95,8 @@ class DGNRegroupHook(Hook):
             ``.jsonl`` file, relative to ``runner.work_dir``; plot it with
             ``tools/plot_groups.py --records``. ``None``: no records. A resumed
             run keeps the records up to its checkpoint and appends; a run from
-            scratch starts the file anew.
+            scratch starts the file anew, keeping the old one beside it as
+            ``<name>.<timestamp>.jsonl`` (logged as a warning).
         **dgn_options: runtime DGN options applied to every layer before
             training, see :data:`RUNTIME_DGN_OPTIONS`.
     """
@@ -160,6 +161,9 @@ class DGNRegroupHook(Hook):
             return
         self.records = RegroupRecords(os.path.join(runner.work_dir, self.records_file))
         kept = self.records.start(self.schedule.last_regroup_step)
+        warning = self.records.set_aside_warning()
+        if warning is not None:
+            runner.logger.warning(f"DGNRegroupHook: {warning}")
         runner.logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
 
     @property

@@ -18,12 +18,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ..errors import ConfigError
+
 __all__ = ["UnknownNormTypeError", "iter_norm_cfgs", "check_norm_types", "registered_norm_types", "build_norm_layer"]
 
 _NORM_BASES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-class UnknownNormTypeError(KeyError):
+class UnknownNormTypeError(KeyError, ConfigError):
     """A ``norm_cfg`` type that no registry in scope knows."""
 
     def __str__(self) -> str:  # KeyError would print the message repr-quoted
@@ -114,3 +116,40 @@ def build_norm_layer(cfg: Mapping, num_features: int, postfix="") -> Tuple[str, 
         if found is None:
             raise UnknownNormTypeError(_unknown_type_message(norm_type, [], scope_name, None))
     return mmcv_build_norm_layer(cfg, num_features, postfix)
+
+
+def dgn_norm_cfg_paths(cfg) -> List[str]:
+    """Dotted paths of the ``*norm_cfg`` dicts whose type is DGN."""
+    return [path for path, norm_cfg in iter_norm_cfgs(cfg) if norm_cfg.get("type") == "DGN"]
+
+
+def explain_infeasible_dgn(model_cfg, scope: Optional[str], error: Exception) -> str:
+    """``error`` (a DGN layer's options cannot be met) with the module paths of the failing layers.
+
+    Builds the model again with :class:`~dgn_plugins.feasibility.ProbeGroupNorm`
+    registered as ``DGN`` (then puts DGN back), so the same builders give the
+    same channel counts; falls back to ``error`` if that build fails too.
+    """
+    from ..feasibility import ProbeGroupNorm, describe_infeasible, infeasible_layers
+    from .registry import register_all
+
+    paths = dgn_norm_cfg_paths(model_cfg)
+    where = ", ".join(f"model.{p}" for p in paths) or "the DGN norm_cfg"
+    try:
+        MODELS.register_module("DGN", module=ProbeGroupNorm, force=True)
+        with MODELS.switch_scope_and_registry(scope) as registry:
+            model = registry.build(model_cfg)
+    except Exception:  # the probe build is a courtesy: keep the original message
+        return f"{error} (set in {where})"
+    finally:
+        register_all()
+    layers = infeasible_layers(model)
+    if not layers:
+        return str(error)
+    # The norm_cfgs whose options are those of the first failing layer (shared configs name several).
+    norm_cfgs = dict(iter_norm_cfgs(model_cfg))
+    defaults = dict(num_groups=32, eps=1e-5, affine=True)
+    failing = dict(defaults, **layers[0][2])
+    matching = [p for p in paths if failing == dict(defaults, **{k: v for k, v in norm_cfgs[p].items()
+                                                                 if k not in ("type", "requires_grad")})]
+    return describe_infeasible(layers, ", ".join(f"model.{p}" for p in matching) or where)

@@ -163,3 +163,25 @@ def test_hook_warns_on_a_model_without_dgn():
     finally:
         logging.getLogger("dgn_plugins").removeHandler(handler)
     assert any("no DGN layers" in m for m in messages)
+
+
+def test_fresh_run_keeps_the_previous_records_and_warns(synthetic_coco_root, tmp_path):
+    output_dir = tmp_path / "twice"
+    first = _trainer(output_dir, 2, interval=1)
+    first.resume_or_load(resume=False)
+    first.train()
+    first_text = (output_dir / "dgn_groups.jsonl").read_text()
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("dgn_plugins").addHandler(handler)  # Detectron2's loggers do not propagate
+    try:
+        again = _trainer(output_dir, 1, interval=1)
+        again.resume_or_load(resume=False)
+        again.train()
+    finally:
+        logging.getLogger("dgn_plugins").removeHandler(handler)
+    assert [r["step"] for r in read_records(output_dir / "dgn_groups.jsonl")] == [1]
+    (kept,) = output_dir.glob("dgn_groups.*.jsonl")
+    assert kept.read_text() == first_text
+    assert any(kept.name in m and "steps 1..2" in m for m in messages), messages

@@ -90,3 +90,19 @@ def test_lazy_config_trains_and_evaluates_through_the_launcher(synthetic_coco_ro
 
     model = instantiate(LazyConfig.load(str(output_dir / "config.yaml")).model)
     assert len(dgn_modules(model)) == sum(k.endswith("num_regroups") for k in final["model"])
+
+
+def test_infeasible_dgn_norm_options_name_the_layer_and_the_slot(example):
+    from dgn_plugins.detectron2 import lazy
+    from dgn_plugins.layout import DGNOptionError
+
+    cfg = LazyConfig.load(EXAMPLE)
+    cfg.model.backbone.norm.group_size = 5  # FPN: 256 channels cannot form 51 groups of 4 to 5
+    cfg.model.backbone.norm.alpha = 0.05
+    cfg.train.device = "cpu"
+    with pytest.raises(DGNOptionError) as info:
+        lazy.build_model(cfg)
+    message = str(info.value)
+    assert message.startswith("layer backbone.fpn_lateral2.norm: DGN layer with C=256 channels (group_size=5")
+    assert "raise alpha to >= " in message and "(set in the L(DGNNorm) options of " in message
+    assert "model.backbone.norm" in message

@@ -2,6 +2,7 @@
 import copy
 import os
 import pickle
+import re
 
 import pytest
 
@@ -278,3 +279,27 @@ def test_gn_imagenet_catalog_checkpoint_loads_into_dgn_backbone(tmp_path):
             np.testing.assert_allclose(dgn_state[name].numpy(), value.numpy() + 0.01, err_msg=name)
     for _, layer in dgn_modules(dgn_model.backbone.bottom_up):
         assert torch.equal(layer.group_id, DynamicGroupNorm(layer.num_channels, layer.num_groups).group_id)
+
+
+# ----------------------------------------------------- errors that name the setting
+def test_norm_typo_names_the_key_and_the_accepted_values():
+    from dgn_plugins.detectron2 import UnknownNormError
+
+    with pytest.raises(UnknownNormError) as info:
+        build_model(load_cfg(DEMO_DGN, ["MODEL.FPN.NORM", "DNG", "MODEL.ROI_BOX_HEAD.NORM", "DNG"]))
+    message = str(info.value)
+    assert message.startswith("MODEL.FPN.NORM, MODEL.ROI_BOX_HEAD.NORM = 'DNG' is not a norm Detectron2 knows.")
+    assert "Did you mean 'DGN'?" in message and "\n" not in message
+    assert "Accepted: '', 'BN', 'SyncBN', 'FrozenBN', 'GN'" in message and "'LN', 'DGN'." in message
+
+
+def test_infeasible_options_name_the_layer_and_the_config_key():
+    from dgn_plugins.layout import DGNOptionError
+
+    cfg = load_cfg(DEMO_DGN, ["MODEL.DGN.GROUP_SIZE", "5", "MODEL.DGN.ALPHA", "0.05"])
+    with pytest.raises(DGNOptionError) as info:
+        build_model(cfg)
+    message = str(info.value)
+    assert re.match(r"layer backbone\.[\w.]+\.norm: DGN layer with C=\d+ channels \(group_size=5, alpha=0\.05\)", message)
+    assert "raise MODEL.DGN.ALPHA to >= " in message and "a MODEL.DGN.GROUP_SIZE that divides C" in message
+    assert "(set in MODEL.DGN for " in message and "MODEL.RESNETS.NORM" in message and "also " in message

@@ -58,7 +58,8 @@ def tiny_dataset(data_root, split="train"):
     )
 
 
-def tiny_run_cfg(train_tool, config, work_dir, data_root, *, max_iters=2, checkpoint_interval=None, cfg_options=None):
+def tiny_run_cfg(train_tool, config, work_dir, data_root, *, max_iters=2, checkpoint_interval=None, cfg_options=None,
+                 extra_args=()):
     """A config file turned into a few-iteration, iteration-based CPU run.
 
     Validation is off, batches hold 2 images of 64 px, every iteration is
@@ -67,7 +68,7 @@ def tiny_run_cfg(train_tool, config, work_dir, data_root, *, max_iters=2, checkp
     """
     from mmengine.config import ConfigDict
 
-    argv = [config, "--work-dir", str(work_dir)]
+    argv = [config, "--work-dir", str(work_dir), *extra_args]
     if cfg_options:
         argv += ["--cfg-options", *[f"{k}={v}" for k, v in cfg_options.items()]]
     cfg = train_tool.load_config(train_tool.parse_args(argv))

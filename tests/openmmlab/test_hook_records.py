@@ -74,10 +74,19 @@ def test_resumed_run_keeps_records_up_to_its_checkpoint_and_appends(train_tool, 
     assert [r["step"] for r in records] == [2, 4, 6]
     for name, layer in dgn_layers(runner.model):
         assert records[-1]["group_id"][name] == layer.group_id.tolist(), name
+    # The first run's record of step 4, replaced in the file, is kept beside it.
+    (first_aside,) = work_dir.glob("dgn_groups.*.jsonl")
+    assert first_aside.read_text() == first_text
 
-    # A fresh run in the same work_dir starts the file anew.
-    run(train_tool, work_dir, tiny_coco, max_iters=2)
+    # A fresh run in the same work_dir starts the file anew ...
+    fresh = run(train_tool, work_dir, tiny_coco, max_iters=2)
     assert [r["step"] for r in read_records(work_dir / RECORDS_FILE)] == [2]
+    # ... keeping the earlier run's records beside it, and says so at WARNING.
+    kept = sorted(set(work_dir.glob("dgn_groups.*.jsonl")) - {first_aside})
+    assert len(kept) == 1 and [r["step"] for r in read_records(kept[0])] == [2, 4, 6]
+    with open(os.path.join(fresh.log_dir, f"{fresh.timestamp}.log")) as log:
+        warnings = [line for line in log if "WARNING" in line and "DGNRegroupHook" in line]
+    assert any(kept[0].name in line and "steps 2..6" in line for line in warnings), warnings
 
 
 def test_records_file_can_be_renamed_or_turned_off(train_tool, tiny_coco, tmp_path):

@@ -77,3 +77,30 @@ def test_other_launchers_on_cpu_say_what_to_use():
     with pytest.raises(SystemExit, match="torchrun"):
         train.setup_cpu_distributed(cfg)
     assert cfg.env_cfg.dist_cfg.backend == "gloo"
+
+
+def test_norm_type_typo_is_one_line_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    from mmdet_helpers import TOOLS
+
+    argv = [sys.executable, os.path.join(TOOLS, "train.py"), DEMO_DGN, "--work-dir", str(tmp_path),
+            "--cfg-options", "model.neck.norm_cfg.type=DNG"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "'DNG' in model.neck.norm_cfg" in lines[0] and "Did you mean 'DGN'?" in lines[0]
+    assert not os.listdir(tmp_path)
+
+
+def test_infeasible_group_bounds_name_the_layer_and_the_option(tmp_path, capsys):
+    argv = [DEMO_DGN, "--work-dir", str(tmp_path), "--cfg-options",
+            "model.backbone.norm_cfg.group_size=5", "model.backbone.norm_cfg.alpha=0.05"]
+    assert train.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: layer backbone.gn1: ")
+    assert "C=32" in err and "raise alpha to >= 0.200 (now 0.05)" in err and "group_size" in err
+    assert "(set in model.backbone.norm_cfg)" in err  # the neck and heads' norm_cfgs are fine
+    assert "backbone.layer1.0.gn1" in err

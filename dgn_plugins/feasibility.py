@@ -1,0 +1,49 @@
+"""Which layers of a model cannot meet their DGN options, by module path.
+
+A DGN layer built by a toolkit (``build_norm_layer``, Detectron2's
+``get_norm``) does not know where in the model it will sit, so its error can
+name C, K and the option, not the layer. On that error the toolkit glue builds
+the same model again with :class:`ProbeGroupNorm` standing in for DGN: it
+records the error instead of raising, and once the model exists
+:func:`infeasible_layers` reads every failing layer's module path.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from torch import nn
+
+from .layer import DynamicGroupNorm
+
+__all__ = ["ProbeGroupNorm", "infeasible_layers", "describe_infeasible"]
+
+
+class ProbeGroupNorm(nn.GroupNorm):
+    """DGN's signature; builds a one-group GN and keeps DGN's error, if any, in ``problem``."""
+
+    _abbr_ = "gn"  # the checkpoint-key abbreviation mmcv infers, as DynamicGroupNorm's
+
+    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True, **options):
+        super().__init__(1, num_channels, eps, affine)
+        self.options = dict(options, num_groups=num_groups, eps=eps, affine=affine)
+        self.problem = None
+        try:
+            DynamicGroupNorm(num_channels, num_groups, eps, affine, **options)
+        except ValueError as error:
+            self.problem = str(error)
+
+
+def infeasible_layers(model: nn.Module) -> List[Tuple[str, str, dict]]:
+    """``(module path, error, options)`` of every probe layer whose options cannot be met."""
+    return [(name, m.problem, m.options) for name, m in model.named_modules()
+            if isinstance(m, ProbeGroupNorm) and m.problem]
+
+
+def describe_infeasible(layers: List[Tuple[str, str, dict]], where: str) -> str:
+    """One line: how many layers, the first one's path and error, ``where`` to change the options."""
+    path, problem, _ = layers[0]
+    others = ""
+    if len(layers) > 1:
+        shown = ", ".join(p for p, _, _ in layers[1:4])
+        others = f"; also {len(layers) - 1} more: {shown}" + (", ..." if len(layers) > 4 else "")
+    return f"layer {path}: {problem} (set in {where}){others}"
