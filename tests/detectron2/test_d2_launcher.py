@@ -76,7 +76,7 @@ def test_norm_typo_is_one_error_line_from_tools_train_py(tmp_path):
     """Through our launcher a config error ends in one line on stderr, exit status 2, no traceback."""
     command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), DEMO_DGN, "--work-dir", str(tmp_path),
                "MODEL.FPN.NORM", "DNG", "MODEL.DEVICE", "cpu"]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", DGN_BACKEND="torch")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
