@@ -4,28 +4,22 @@ The same bottleneck network (torchvision's ResNet-50 layout, GN with 32 groups
 after every conv) is built twice: once with nn.GroupNorm, once converted to
 DynamicGroupNorm with ragged regrouped layouts. Each repetition runs one SGD
 step (forward, loss, backward, update) of both, interleaved. The DGN layers
-run whatever ``DGN_BACKEND`` selects (``--backend``, default ``auto``: the
-native CPU extension when it is built).
+run the chosen backend (``--backend``, default ``native``: the dispatcher's
+kernels, the C++ extension on the CPU).
 
-    python bench/bench_resnet.py [--batch 2] [--size 224] [--repeats 8] [--threads 1 --clock cpu] [--backend auto]
+    python bench/bench_resnet.py [--batch 2] [--size 224] [--repeats 8] [--threads 1 --clock cpu] [--backend native]
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_layer import medians, ragged_group_ids  # noqa: E402
-from dgn_plugins import convert_gn_to_dgn, dgn_layers  # noqa: E402
-from dgn_plugins.kernels import BACKENDS, select_backend  # noqa: E402
+from bench_layer import medians, ragged_group_ids
+from dgn_plugins import convert_gn_to_dgn, dgn_layers, ops, set_backend
 
 
 def norm(channels):
@@ -68,11 +62,11 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: the calling thread's CPU time (with --threads 1)")
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("DGN_BACKEND", "auto"))
+    parser.add_argument("--backend", choices=ops.BACKENDS, default="native")
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu times one thread: use it with --threads 1")
-    os.environ["DGN_BACKEND"] = args.backend
+    set_backend(args.backend)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -94,11 +88,10 @@ def main():
             optimizer.step()
         return run
 
-    used = sorted({select_backend(torch.empty(args.batch, layer.num_channels, 7, 7)) for _, layer in layers})
     times = medians({"gn": step(gn_model, optimizers["gn"]), "dgn": step(dgn_model, optimizers["dgn"])},
                     args.repeats, args.clock)
     print(f"ResNet-50 (GN, 32 groups) train step, N={args.batch}, {args.size}x{args.size}, {args.threads} threads, "
-          f"{len(layers)} norm layers, ragged DGN layouts (DGN_BACKEND={args.backend}: {', '.join(used)}); "
+          f"{len(layers)} norm layers, ragged DGN layouts (backend {args.backend}); "
           f"medians of {args.repeats} ({args.clock} clock)")
     print(f"| GN step (s) | DGN step (s) | ratio |")
     print(f"|-------------|--------------|-------|")

@@ -1,0 +1,65 @@
+"""torch.compile sees DGN as one operator: no graph breaks, no recompilation per shape, eager's numbers."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgn_plugins import DynamicGroupNorm, convert_gn_to_dgn, dgn_layers
+from reference import random_group_ids
+
+
+def _resnet50_dgn():
+    torchvision = pytest.importorskip("torchvision", reason="torchvision builds the ResNet-50 (make setup installs it)")
+    model = torchvision.models.resnet50(norm_layer=lambda channels: nn.GroupNorm(32, channels), num_classes=10)
+    model = convert_gn_to_dgn(model)
+    gen = torch.Generator().manual_seed(0)
+    for _, layer in dgn_layers(model):  # a regrouped state, not GN's grouping
+        layer.set_group_ids(random_group_ids(layer.num_channels, 32, layer.bounds.size_min,
+                                             layer.bounds.size_max, gen))
+    return model
+
+
+def test_resnet50_with_dgn_has_no_graph_breaks():
+    model = _resnet50_dgn().train()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    targets = {str(node.target) for graph in explanation.graphs for node in graph.graph.nodes}
+    assert "dgn.group_norm.default" in targets  # one operator per layer, not its decomposition
+
+
+class _Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm1 = DynamicGroupNorm(16, 4)
+        self.norm2 = DynamicGroupNorm(16, 8, alpha=0.9)
+        self.norm2.set_group_ids(random_group_ids(16, 8, 1, 3, torch.Generator().manual_seed(1)))
+
+    def forward(self, x):
+        return F.relu_(self.norm2(F.relu(self.norm1(self.conv(x)))))
+
+
+def test_compiled_training_matches_eager_and_does_not_recompile_per_shape():
+    torch.manual_seed(0)
+    eager = _Small()
+    compiled_model = _Small()
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model, backend="aot_eager", dynamic=True, fullgraph=True)
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    for batch, size in [(2, 8), (3, 10), (1, 12), (4, 9)]:
+        x = torch.randn(batch, 3, size, size)
+        expected = eager(x)
+        out = compiled(x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), list(compiled_model.parameters()))
+        reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
+        for mine, theirs in zip(grads, reference):
+            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    # The running statistics were updated in the compiled graph as in eager mode.
+    for name in ("norm1", "norm2"):
+        torch.testing.assert_close(getattr(compiled_model, name).channel_mean_ema, getattr(eager, name).channel_mean_ema)
+        assert int(getattr(compiled_model, name).num_stat_updates) == 4
+    assert counts["stats"]["unique_graphs"] <= 2, dict(counts["stats"])  # the first shape, then one dynamic graph
