@@ -6,6 +6,7 @@ row lengths around the vector widths, thread counts, gradient flags, the
 autograd kernel's routes (double backward, forward AD), the running-statistics
 update, and what happens when it is not built.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,8 +23,15 @@ from dgn_plugins.layout import default_group_ids
 from reference import group_norm_reference, random_group_ids, reference_with_grads, run_backend, saved_tensor_shapes
 
 if not ops.native_available():
-    pytest.skip(f"the native extension dgn_plugins._C is not built ({ops.native_import_error()}); "
-                "build it with `pip install --no-build-isolation -e .`", allow_module_level=True)
+    # Python words a missing submodule of a package being imported as a "circular
+    # import"; say what is the case instead: no compiled file, or one that fails to load.
+    if importlib.util.find_spec("dgn_plugins._C") is None:
+        reason = ("the native extension dgn_plugins._C is not built (no compiled dgn_plugins/_C*.so); "
+                  "build it with `pip install --no-build-isolation --use-pep517 -e .` (`make ext`)")
+    else:
+        reason = (f"the native extension dgn_plugins._C is built but does not load ({ops.native_import_error()}); "
+                  "rebuild it against this torch with `pip install --no-build-isolation --use-pep517 -e .` (`make ext`)")
+    pytest.skip(reason, allow_module_level=True)
 
 from dgn_plugins import _C  # noqa: E402
 

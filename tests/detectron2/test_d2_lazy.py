@@ -2,6 +2,7 @@
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 # "detectron2.config", not "detectron2": with tests/ on sys.path this folder
@@ -55,6 +56,25 @@ def test_example_model_has_dgn_everywhere_the_baseline_had_a_norm(example):
     for part in ("bottom_up.stem", "bottom_up.res2", "bottom_up.res5", "fpn_lateral2", "fpn_output5",
                  "box_head.conv4", "mask_head.mask_fcn4"):
         assert any(part in name for name in names), part
+
+
+def test_example_training_mapper_crops_polygon_masks(example, synthetic_coco_root):
+    """The example's large-scale jitter (ResizeScale, FixedSizeCrop, RandomFlip) on a record with polygon
+    masks: fvcore's CropTransform crops polygons with shapely, which Detectron2 does not install."""
+    from detectron2.data import DatasetCatalog
+
+    mapper = instantiate(example.dataloader.train.mapper)
+    assert any(type(a).__name__ == "FixedSizeCrop" for a in mapper.augmentations.augs)
+    record = next(r for r in DatasetCatalog.get("dgn_synthetic_coco_train") if r["annotations"])
+    assert all(isinstance(a["segmentation"], list) for a in record["annotations"])  # polygons
+    np.random.seed(0)
+    for _ in range(4):  # scaled up (cropped) and down (padded)
+        out = mapper(dict(record))
+        assert tuple(out["image"].shape) == (3, 1024, 1024)
+        instances = out["instances"]
+        assert len(instances) <= len(record["annotations"])
+        assert type(instances.gt_masks).__name__ == "PolygonMasks"
+        assert torch.equal(instances.gt_boxes.tensor, instances.gt_masks.get_bounding_boxes().tensor)  # recomputed
 
 
 def test_regroup_entry_forms():
