@@ -64,8 +64,7 @@ def detection_metrics(gt_path: str, predictions: str) -> dict:
     """The demo's detection numbers: COCOeval rows, keyed 'section/metric'."""
     from dgn_plugins.compare.coco import compare_coco
 
-    comparison = compare_coco(gt_path, [("run", predictions)], per_category=True)
-    return {f"{s.title}/{metric}": value for s in comparison.sections for metric, value in zip(s.metrics, s.values["run"])}
+    return demo.comparison_metrics(compare_coco(gt_path, [("run", predictions)], per_category=True), "run")
 
 
 def train_one(part: str, model: str, seed: int, args, data_root) -> dict:

@@ -66,16 +66,23 @@ def reading(delta: float, gn_spread: Optional[dict]) -> str:
     return "outside the GN-vs-GN spread (one seed pair)"
 
 
+def interval_verdict(mean: float, half_width: float) -> str:
+    """Whether a 95% interval for DGN minus GN excludes 0, and on which side."""
+    if half_width is None or math.isnan(half_width):
+        return "no interval (one seed)"
+    if mean - half_width > 0:
+        return "DGN higher: the CI excludes 0"
+    if mean + half_width < 0:
+        return "DGN lower: the CI excludes 0"
+    return "CI includes 0: no difference shown"
+
+
 def multi_seed_reading(difference: Optional[dict]) -> str:
-    """The recorded several-seed DGN-minus-GN figure, and whether its CI excludes 0."""
+    """The recorded several-seed DGN-minus-GN figure and its verdict."""
     if difference is None:
-        return ""
-    low, high = difference["mean"] - difference["ci"], difference["mean"] + difference["ci"]
-    if low <= 0 <= high:
-        verdict = "CI includes 0"
-    else:
-        verdict = "DGN higher" if low > 0 else "DGN lower"
-    return f"{difference['mean']:+.2f} ± {difference['ci']:.2f} over {difference['n']} seeds ({verdict})"
+        return "n/a"
+    return (f"{difference['mean']:+.2f} ± {difference['ci']:.2f} over {difference['n']} seeds "
+            f"({interval_verdict(difference['mean'], difference['ci'])})")
 
 
 # ------------------------------------------------------------------ records
@@ -132,6 +139,6 @@ def noise_table(gn: Dict[str, float], dgn: Dict[str, float], gn_seeds: Optional[
                f"| {band} | {reading(delta, s)} |")
         if dgn_seeds:
             both = dgn_seeds.get(key) is not None and gn_seeds and gn_seeds.get(key) is not None
-            row += f" {multi_seed_reading(paired_difference(gn_seeds[key], dgn_seeds[key])) if both else 'n/a'} |"
+            row += f" {multi_seed_reading(paired_difference(gn_seeds[key], dgn_seeds[key]) if both else None)} |"
         lines.append(row)
     return "\n".join(lines)
