@@ -89,7 +89,7 @@ def train_one(part: str, model: str, seed: int, args, data_root) -> dict:
         metrics = detection_metrics(annotation_path(data_root, "val"), osp.join(work_dir, "predictions.pkl"))
     else:
         metrics = demo.segmentation_metrics(val)
-    result = {"part": part, "model": model, "seed": seed, "metrics": metrics,
+    result = {"part": part, "model": model, "seed": seed, "metrics": metrics, "commit": shell("git rev-parse --short HEAD"),
               "wall_s": time.time() - start, "cpu_s": cpu_seconds() - cpu,
               "uptime_before": load_before, "uptime_after": shell("uptime")}
     with open(cached, "w", encoding="utf-8") as f:
