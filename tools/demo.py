@@ -123,7 +123,8 @@ def run_detection(args) -> None:
         return
     gn, dgn = (comparison_metrics(comparison, label) for label in ("GN", "DGN"))
     keys = [k for k in gn if "per-category" not in k and not (math.isnan(gn[k]) and math.isnan(dgn[k]))]
-    print_noise("detection", DETECTION, gn, dgn, keys, "AP")
+    print_noise("detection", DETECTION, gn, dgn, keys, "AP",
+                changed=f"--epochs {args.epochs}" if args.epochs else None)
 
 
 def print_coco_comparison(gt_path: str, predictions: dict):
@@ -149,16 +150,18 @@ def comparison_metrics(comparison, label: str) -> dict:
 
 
 # --------------------------------------------------------------------- noise
-def print_noise(part: str, pair, gn: dict, dgn: dict, keys, unit: str, record=None) -> None:
+def print_noise(part: str, pair, gn: dict, dgn: dict, keys, unit: str, record=None, changed=None) -> None:
     """GN vs DGN next to GN's recorded seed-to-seed spread (bench/demo_spread.py),
-    with a one-line reading per metric; says so when nothing applies."""
+    with a one-line reading per metric; says so when nothing applies (no record,
+    configs other than those measured, or ``changed``: an option this run changed)."""
     record = demo_noise.load() if record is None else record
     configs = dict(pair)
-    gn_seeds = demo_noise.recorded(record, part, "GN", osp.join(ROOT, configs["GN"]))
+    gn_seeds = None if changed else demo_noise.recorded(record, part, "GN", osp.join(ROOT, configs["GN"]))
     dgn_seeds = demo_noise.recorded(record, part, "DGN", osp.join(ROOT, configs["DGN"])) if gn_seeds else None
     print(f"\nIs the {part} difference noise? One seed per model above; the spread of GN over seeds ({unit}):")
     if gn_seeds is None:
-        why = "no record" if record is None else "recorded for other demo settings"
+        why = ("no record" if record is None else f"measured without {changed}" if changed
+               else "recorded for other demo settings")
         print(f"(no seed-to-seed spread: {why}; run bench/demo_spread.py, see bench/RESULTS.md)")
         return
     print(f"(measured by `{record.get('command')}` at commit {record.get('commit')}, {record.get('date')}; "
