@@ -89,7 +89,7 @@ def train_one(part: str, model: str, seed: int, args, data_root) -> dict:
         metrics = detection_metrics(annotation_path(data_root, "val"), osp.join(work_dir, "predictions.pkl"))
     else:
         metrics = demo.segmentation_metrics(val)
-    result = {"part": part, "model": model, "seed": seed, "metrics": metrics, "commit": shell("git rev-parse --short HEAD"),
+    result = {"part": part, "model": model, "seed": seed, "metrics": metrics, "commit": args.commit,
               "wall_s": time.time() - start, "cpu_s": cpu_seconds() - cpu,
               "uptime_before": load_before, "uptime_after": shell("uptime")}
     with open(cached, "w", encoding="utf-8") as f:
@@ -134,13 +134,15 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     os.makedirs(args.work_dir, exist_ok=True)
+    # The code this process loaded: HEAD now, not when a later run finishes.
+    args.commit = shell("git rev-parse --short HEAD") + (" (uncommitted changes)" if shell("git status --porcelain -uno") else "")
     from dgn_plugins.datasets.synthetic_coco import ensure_synthetic_coco
 
     data_root = ensure_synthetic_coco(args.data_root) if "detection" in args.parts else None
     record = {
         "command": "OMP_NUM_THREADS=%s python bench/demo_spread.py %s" % (
             os.environ.get("OMP_NUM_THREADS", "unset"), " ".join(argv if argv is not None else sys.argv[1:])),
-        "commit": shell("git rev-parse --short HEAD") + (" (uncommitted changes)" if shell("git status --porcelain -uno") else ""),
+        "commit": args.commit,
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch thread(s)",
         "uptime_start": shell("uptime"),
