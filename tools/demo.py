@@ -9,7 +9,10 @@
 3. The plain-PyTorch classification demo, tools/demo_core.py (``--skip-core``).
 
 Both models of a pair start from the same seed and see the same data; DGN
-regroups on a schedule (DGNRegroupHook). About 15 minutes on 2 CPU cores.
+regroups on a schedule (DGNRegroupHook). One pair is one seed, so after each
+table the demo prints GN's seed-to-seed spread of every metric, recorded by
+bench/demo_spread.py in bench/demo_spread.json (bench/RESULTS.md), and whether
+the difference stands out of it. About 15 minutes on 2 CPU cores.
 
     python tools/demo.py [--work-dir work_dirs/demo] [--skip-seg] [--skip-core]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import os.path as osp
 import sys
@@ -26,6 +30,7 @@ TOOLS = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(TOOLS)
 sys.path[:0] = [ROOT, TOOLS]
 
+import demo_noise  # noqa: E402  (tools/demo_noise.py)
 import train as train_tool  # noqa: E402  (tools/train.py)
 
 DETECTION = [("GN", "configs/demo/mask-rcnn_tiny_gn_demo.py"), ("DGN", "configs/demo/mask-rcnn_tiny_dgn_demo.py")]
@@ -110,24 +115,60 @@ def run_detection(args) -> None:
         print(f"[demo] {label} Mask R-CNN trained and evaluated in {time.time() - start:.0f} s")
         del runner
         gc.collect()
-    if not print_coco_comparison(annotation_path(data_root, "val"), predictions):
+    comparison = print_coco_comparison(annotation_path(data_root, "val"), predictions)
+    if comparison is None:
         print_side_by_side("Detection: tiny Mask R-CNN, CocoMetric AP (0-1, -1: no objects of that size)",
                            metrics, COCO_KEYS)
+        print("(no seed-to-seed spread for CocoMetric's rounded values: it is recorded for the COCOeval table)")
+        return
+    gn, dgn = (comparison_metrics(comparison, label) for label in ("GN", "DGN"))
+    keys = [k for k in gn if "per-category" not in k and not (math.isnan(gn[k]) and math.isnan(dgn[k]))]
+    print_noise("detection", DETECTION, gn, dgn, keys, "AP",
+                changed=f"--epochs {args.epochs}" if args.epochs else None)
 
 
-def print_coco_comparison(gt_path: str, predictions: dict) -> bool:
+def print_coco_comparison(gt_path: str, predictions: dict):
     """The GN-vs-DGN table of tools/compare_coco.py (COCOeval on the dumped
-    predictions); False when that module is not available."""
+    predictions), returned; None when that module is not available."""
     try:
         from dgn_plugins.compare.coco import compare_coco
         from dgn_plugins.compare.report import render
     except ImportError as error:
         print(f"(dgn_plugins.compare unavailable: {error})")
-        return False
+        return None
     comparison = compare_coco(gt_path, list(predictions.items()), per_category=True)
     print("\nDetection: tiny Mask R-CNN on the generated shapes, GN vs DGN (tools/compare_coco.py)")
     print(render(comparison))
-    return True
+    return comparison
+
+
+def comparison_metrics(comparison, label: str) -> dict:
+    """One result set's values in a compare_coco table, keyed 'section/metric'
+    (the keys bench/demo_spread.py records)."""
+    return {f"{section.title}/{metric}": value
+            for section in comparison.sections for metric, value in zip(section.metrics, section.values[label])}
+
+
+# --------------------------------------------------------------------- noise
+def print_noise(part: str, pair, gn: dict, dgn: dict, keys, unit: str, record=None, changed=None) -> None:
+    """GN vs DGN next to GN's recorded seed-to-seed spread (bench/demo_spread.py),
+    with a one-line reading per metric; says so when nothing applies (no record,
+    configs other than those measured, or ``changed``: an option this run changed)."""
+    record = demo_noise.load() if record is None else record
+    configs = dict(pair)
+    gn_seeds = None if changed else demo_noise.recorded(record, part, "GN", osp.join(ROOT, configs["GN"]))
+    dgn_seeds = demo_noise.recorded(record, part, "DGN", osp.join(ROOT, configs["DGN"])) if gn_seeds else None
+    print(f"\nIs the {part} difference noise? One seed per model above; the spread of GN over seeds ({unit}):")
+    if gn_seeds is None:
+        why = ("no record" if record is None else f"measured without {changed}" if changed
+               else "recorded for other demo settings")
+        print(f"(no seed-to-seed spread: {why}; run bench/demo_spread.py, see bench/RESULTS.md)")
+        return
+    print(f"(measured by `{record.get('command')}` at commit {record.get('commit')}, {record.get('date')}; "
+          "bench/RESULTS.md. Band: 95% of GN-vs-GN differences between two seeds fall within it.)")
+    print(demo_noise.noise_table(gn, dgn, gn_seeds, dgn_seeds, keys))
+    if dgn_seeds is None and (record.get("parts", {}).get(part) or {}).get("DGN"):
+        print("(the several-seed DGN figures were recorded for other DGN settings and are not shown)")
 
 
 # ------------------------------------------------------------- segmentation
@@ -145,9 +186,16 @@ def run_segmentation(args) -> None:
         print(f"[demo] {label} FCN trained and evaluated in {time.time() - start:.0f} s")
         del runner
         gc.collect()
+    metrics = {label: segmentation_metrics(m) for label, m in metrics.items()}
     keys = [k for k in ("mIoU", "mAcc", "aAcc") if all(k in m for m in metrics.values())]
-    keys += sorted(k for k in next(iter(metrics.values())) if k not in keys and k not in ("time", "data_time"))
+    keys += sorted(k for k in next(iter(metrics.values())) if k not in keys)
     print_side_by_side("Segmentation: tiny FCN on the generated set, validation metrics (%)", metrics, keys)
+    print_noise("segmentation", SEGMENTATION, metrics["GN"], metrics["DGN"], keys, "%")
+
+
+def segmentation_metrics(val: dict) -> dict:
+    """The FCN's validation metrics (%), without the timing entries."""
+    return {k: float(v) for k, v in val.items() if k not in ("time", "data_time")}
 
 
 def run_core(args) -> None:

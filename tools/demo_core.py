@@ -1,12 +1,15 @@
 """Core demo: GN vs DGN on a generated image-classification task, plain PyTorch.
 
-Needs only torch (+ matplotlib for the figure). Both models start from the same
-weights (DGN equals GN at start), train identically, and DGN regroups every
-``--regroup-interval`` iterations. Prints accuracy (clean and noisy) side by
-side, each regroup's summary, and writes a figure of how one layer's groups
-evolved to ``<work-dir>/groups.png``.
+Needs only torch and scipy (+ matplotlib for the figure). Each pair starts from
+the same weights (DGN equals GN at start), trains on the same batches, and DGN
+regroups every ``--regroup-interval`` iterations. One pair is one seed: its
+difference mixes the method with training noise, so several seeds are trained
+(5 by default, seconds to a minute each) and the table gives each accuracy
+(clean and noisy) as mean ± 95% CI, with the paired DGN − GN difference and
+whether its interval excludes 0. The first seed's regroups are logged and its
+groups plotted to ``<work-dir>/groups.png``.
 
-    python tools/demo_core.py [--iters 300] [--work-dir work_dirs/demo_core]
+    python tools/demo_core.py [--iters 300] [--seeds 0 1 2 3 4] [--work-dir work_dirs/demo_core]
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]
 
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize  # noqa: E402
 from dgn_plugins.plots import plot_history  # noqa: E402
 from dgn_plugins.schedule import RegroupSchedule  # noqa: E402
+from demo_noise import interval_verdict  # noqa: E402  (tools/demo_noise.py)
 
 NUM_CLASSES = 10
 
@@ -75,9 +80,9 @@ def accuracy(model, images, labels, batch=500):
     return correct / len(images)
 
 
-def train(model, images, labels, iters, batch, lr, schedule=None, log=print):
+def train(model, images, labels, iters, batch, lr, schedule=None, log=print, batch_seed=1):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(1)  # same batches for both models
+    gen = torch.Generator().manual_seed(batch_seed)  # same batches for both models of a pair
     history = []
     for step in range(1, iters + 1):
         index = torch.randint(len(images), (batch,), generator=gen)
@@ -107,51 +112,93 @@ def main(argv=None):
     parser.add_argument("--regroup-stop", type=float, default=0.7,
                         help="last regroup at this fraction of training, so the weights adapt to the final groups")
     parser.add_argument("--percentile", type=float, default=0.5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)),
+                        help="one GN/DGN pair per seed (initial weights, batch order); default 0-4")
+    parser.add_argument("--train-size", type=int, default=4000, help="generated training images")
+    parser.add_argument("--test-size", type=int, default=1000, help="generated test images (clean and noisy)")
     parser.add_argument("--work-dir", default="work_dirs/demo_core")
     args = parser.parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
-    torch.manual_seed(0)
 
-    train_images, train_labels = make_gratings(4000, seed=0)
-    test_images, test_labels = make_gratings(1000, seed=1)
+    train_images, train_labels = make_gratings(args.train_size, seed=0)
+    test_images, test_labels = make_gratings(args.test_size, seed=1)
     noisy_images = test_images + 0.8 * torch.randn(test_images.shape, generator=torch.Generator().manual_seed(2))
+    data = (train_images, train_labels, test_images, test_labels, noisy_images)
 
-    gn_model = SmallResNet()
-    dgn_model = convert_gn_to_dgn(copy.deepcopy(gn_model), percentile=args.percentile)
-    with torch.no_grad():
-        gap = (gn_model.eval()(test_images[:64]) - dgn_model.eval()(test_images[:64])).abs().max().item()
-        gn_model.train(), dgn_model.train()
-    print(f"at initialisation DGN is GN: max |DGN - GN| output difference = {gap:.1e}")
+    runs, history, dgn_model = [], [], None
+    print(f"{len(args.seeds)} GN/DGN pairs (seeds {args.seeds}), {args.iters} iterations each; DGN regroups every "
+          f"{args.regroup_interval} until iteration {int(args.regroup_stop * args.iters)}")
+    for index, seed in enumerate(args.seeds):
+        run, seed_history, seed_dgn = train_pair(args, seed, data, log=print if index == 0 else (lambda _: None))
+        runs.append(run)
+        if index == 0:
+            history, dgn_model = seed_history, seed_dgn
+        print(f"seed {seed}: " + ", ".join(
+            f"{name} clean {run[name]['clean_acc']:.2f}% noisy {run[name]['noisy_acc']:.2f}% ({run[name]['time_s']:.0f} s)"
+            for name in ("GN", "DGN")), flush=True)
 
-    results = {}
-    print(f"training GN  for {args.iters} iterations ...")
-    start = time.time()
-    train(gn_model, train_images, train_labels, args.iters, args.batch, args.lr)
-    results["GN"] = {"time_s": time.time() - start}
-    print(f"training DGN for {args.iters} iterations, regroup every {args.regroup_interval} until "
-          f"iteration {int(args.regroup_stop * args.iters)} ...")
-    start = time.time()
-    history = train(dgn_model, train_images, train_labels, args.iters, args.batch, args.lr,
-                    RegroupSchedule(interval=args.regroup_interval, stop=int(args.regroup_stop * args.iters)))
-    results["DGN"] = {"time_s": time.time() - start}
-
-    for name, model in (("GN", gn_model), ("DGN", dgn_model)):
-        results[name]["clean_acc"] = accuracy(model, test_images, test_labels)
-        results[name]["noisy_acc"] = accuracy(model, noisy_images, test_labels)
     print()
-    print("| model | clean acc | noisy acc | train time (s) |")
-    print("|-------|-----------|-----------|----------------|")
-    for name, r in results.items():
-        print(f"| {name:<5} | {r['clean_acc']:9.3f} | {r['noisy_acc']:9.3f} | {r['time_s']:14.1f} |")
+    print(summary_table(runs))
 
     layer = dgn_layers(dgn_model)[1][0]
     figure = os.path.join(args.work_dir, "groups.png")
     if history:
         plot_history(_initial_ids(dgn_model, layer), history, layer, figure)
-        print(f"\ngroup evolution of layer '{layer}' written to {figure}")
+        print(f"\ngroup evolution of layer '{layer}' (seed {args.seeds[0]}) written to {figure}")
     with open(os.path.join(args.work_dir, "results.json"), "w") as f:
-        json.dump({"results": results, "regroups": history}, f)
-    return results
+        json.dump({"seeds": args.seeds, "runs": runs, "regroups": history}, f)
+    return runs
+
+
+def train_pair(args, seed, data, log=print):
+    """GN and its DGN twin from the same initial weights (``torch.manual_seed(seed)``)
+    on the same batches (seed + 1); accuracies in %. Seed 0 is the one-seed demo's run."""
+    train_images, train_labels, test_images, test_labels, noisy_images = data
+    torch.manual_seed(seed)
+    gn_model = SmallResNet()
+    dgn_model = convert_gn_to_dgn(copy.deepcopy(gn_model), percentile=args.percentile)
+    with torch.no_grad():
+        gap = (gn_model.eval()(test_images[:64]) - dgn_model.eval()(test_images[:64])).abs().max().item()
+        gn_model.train(), dgn_model.train()
+    log(f"at initialisation DGN is GN: max |DGN - GN| output difference = {gap:.1e}")
+    run = {}
+    start = time.time()
+    train(gn_model, train_images, train_labels, args.iters, args.batch, args.lr, batch_seed=seed + 1)
+    run["GN"] = {"time_s": time.time() - start}
+    start = time.time()
+    history = train(dgn_model, train_images, train_labels, args.iters, args.batch, args.lr,
+                    RegroupSchedule(interval=args.regroup_interval, stop=int(args.regroup_stop * args.iters)),
+                    log=log, batch_seed=seed + 1)
+    run["DGN"] = {"time_s": time.time() - start}
+    for name, model in (("GN", gn_model), ("DGN", dgn_model)):
+        run[name]["clean_acc"] = 100 * accuracy(model, test_images, test_labels)
+        run[name]["noisy_acc"] = 100 * accuracy(model, noisy_images, test_labels)
+    run["seed"] = seed
+    return run, history, dgn_model
+
+
+METRICS = (("clean_acc", "clean acc (%)"), ("noisy_acc", "noisy acc (%)"))
+
+
+def summary_table(runs) -> str:
+    """Mean ± 95% CI (Student t) of GN, DGN and their paired difference, with a reading."""
+    lines = [f"| metric, {len(runs)} seed(s) | GN | DGN | DGN − GN (paired) | reading |",
+             "|---|---:|---:|---:|---|"]
+    for key, title in METRICS:
+        gn = [run["GN"][key] for run in runs]
+        dgn = [run["DGN"][key] for run in runs]
+        cells = [_mean_ci(v) for v in (gn, dgn, [b - a for a, b in zip(gn, dgn)])]
+        verdict = interval_verdict(*cells[2])
+        text = [f"{m:.2f}" if math.isnan(h) else f"{m:.2f} ± {h:.2f}" for m, h in cells]
+        text[2] = text[2] if text[2].startswith("-") else "+" + text[2]
+        lines.append(f"| {title} | {text[0]} | {text[1]} | {text[2]} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _mean_ci(values):
+    from dgn_plugins.robustness.stats import mean_ci
+
+    return mean_ci(values)
 
 
 def _initial_ids(model, layer):
