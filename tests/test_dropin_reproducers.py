@@ -3,7 +3,7 @@
 1-3: the removed ``torch.compile`` backend (in-place ops on its outputs, 5-D channels_last,
 one layer's failure switching it off); 4-5: the plain path's numerics; 6-8: GroupNorm's
 constructor and checks; 9: higher-order autograd (tests/test_groupnorm_suite.py covers it in
-depth); 10: mmcv's FLOPs counter (tests/openmmlab/test_mmcv_norm_suite.py); 11: the running
+depth); 10: mmcv's FLOPs counter (tests/openmmlab/test_mmdet_toolkit_rules.py); 11: the running
 statistics' seeding step.
 """
 import pytest

@@ -166,3 +166,22 @@ def test_unknown_norm_type_is_named():
     assert "'dgn' in neck.norm_cfg (and 1 more places)" in message and "'DGN'" in message
     assert {"BN", "GN", "DGN", "LN", "SyncBN"} <= set(registered_norm_types("mmdet"))
     check_norm_types(dict(neck=dict(norm_cfg=dict(type="DGN")), head=dict(norm_cfg=dict(type=nn.GroupNorm))), "mmdet")
+
+
+def test_mmcv_flops_counter_counts_dgn_as_group_norm():
+    """mmcv's get_model_complexity_info looks layers up by exact type: DGN counted 0 FLOPs.
+    The GN row is mmcv's own test (tests/test_cnn/test_flops_counter.py)."""
+    from mmcv.cnn import get_model_complexity_info
+
+    from dgn_plugins import freeze
+
+    def count(layer, shape):
+        return get_model_complexity_info(layer, shape, as_strings=False, print_per_layer_stat=False)
+
+    assert count(nn.GroupNorm(2, 6), (6, 16, 16)) == (3072.0, 12.0)
+    assert count(DynamicGroupNorm(6, num_groups=2), (6, 16, 16)) == (3072.0, 12.0)
+    assert count(DynamicGroupNorm(6, num_groups=2, affine=False), (6, 16, 16)) == (1536.0, 0)
+    assert count(freeze(DynamicGroupNorm(6, num_groups=2)), (6, 16, 16)) == (3072.0, 12.0)
+    gn_model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.GroupNorm(4, 16), nn.ReLU())
+    dgn_model = nn.Sequential(nn.Conv2d(3, 16, 3), DynamicGroupNorm(16, num_groups=4), nn.ReLU())
+    assert count(dgn_model, (3, 16, 16)) == count(gn_model, (3, 16, 16))
