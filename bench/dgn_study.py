@@ -452,7 +452,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/dgn_study"))
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
-    parser.add_argument("--iters", type=int, default=4000)
+    parser.add_argument("--iters", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--width", type=int, default=32)

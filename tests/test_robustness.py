@@ -310,12 +310,17 @@ def test_detectron2_toolkit_without_detectron2_names_the_missing_package(tmp_pat
     assert "'detectron2' robustness evaluator cannot be loaded" in err and "detectron2 package" in err
 
 
-def test_benchmark_without_fashion_mnist_says_how_to_install_it(tmp_path, capsys):
-    import importlib.util
+def test_study_without_fashion_mnist_says_how_to_install_it(tmp_path):
+    import subprocess
 
-    spec = importlib.util.spec_from_file_location("robustness_cls", os.path.join(ROOT, "bench", "robustness_cls.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--data-root", str(tmp_path), "--work-dir", str(tmp_path / "out")]) == 2
-    assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
-    assert bench.mean_ci([1.0, 2.0, 3.0])[1] == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)  # t(0.975, 2)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dgn_study.py"), "screen", "--data-root",
+                           str(tmp_path), "--work-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "apt-get install -y dataset-fashion-mnist" in done.stderr and not (tmp_path / "out" / "runs").exists()
+
+
+def test_mean_ci_uses_students_t():
+    from dgn_plugins.robustness.stats import mean_ci
+
+    mean, half_width = mean_ci([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0) and half_width == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)  # t(0.975, 2)
