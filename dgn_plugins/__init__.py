@@ -12,7 +12,9 @@ from .layer import DynamicGroupNorm
 from .layout import GroupBounds, GroupLayout, default_group_ids, group_bounds
 from .model import dgn_layers, is_trainable, regroup_model
 from .ops import set_backend, use_backend
-from .regroup import RegroupReport, summarize
+from .controller import RegroupController, summarize
+from .policy import RegroupPolicy
+from .regroup import RegroupReport
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,8 @@ __all__ = [
     "freeze",
     "FrozenDynamicGroupNorm",
     "regroup_model",
+    "RegroupController",
+    "RegroupPolicy",
     "dgn_layers",
     "is_trainable",
     "RegroupReport",
