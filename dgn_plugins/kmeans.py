@@ -1,30 +1,14 @@
 """Size-constrained k-means: every cluster gets between ``size_min`` and ``size_max`` points.
 
-The DGN regrouping rule re-clusters channels (points) by standardised per-channel
-statistics, usually 2-D (mean, variance), sometimes 1-D.  Group sizes must stay
-inside fixed bounds, so plain k-means does not do.
+The DGN regrouping rule re-clusters channels by standardised per-channel
+statistics under fixed group-size bounds, which plain k-means does not keep.
 
-* ``d == 1``: an optimal partition with size bounds is contiguous in sorted order
-  (swapping two points that interleave two clusters never increases the cost), so a
+* ``d == 1``: an optimal bounded partition is contiguous in sorted order, so a
   dynamic programme over the sorted values returns the global optimum.
-* ``d > 1``: Lloyd iterations from seeded k-means++ starts.  The assignment step is
-  solved *exactly*: it is a transportation problem (n unit supplies, k clusters whose
-  load must lie in ``[size_min, size_max]``).  Library min-cost-flow solvers (OR-Tools,
-  HiGHS, scipy's assignment solvers) start from scratch on every call, 10-150 ms at
-  n = 2048, k = 128, while consecutive Lloyd steps differ by a few points.  So the step
-  is a successive-shortest-path solver on the compact graph of the k clusters plus one
-  "slack" node, warm-started from the previous step's dual prices (``potentials``); the
-  shortest paths are scipy's Dijkstra.  A cold step (a new start: no prices yet) first
-  solves the same problem for a fixed half of the points with halved bounds, recursively
-  down to a few hundred points, and starts from those prices: loads are then already
-  near their bounds, which halves the rounds of the full solve.  With exact steps Lloyd
-  never increases the inertia.  The best run is then refined by Hartigan moves and
-  two-point swaps, which count the centre shift that Lloyd's fixed-centre step ignores,
-  alternated with warm-started Lloyd until neither improves.  Last come "random swap"
-  trials (Franti's relocation search): one centre jumps elsewhere, a short warm Lloyd
-  run follows, and the trial is kept only if it lowers the inertia.  Under tight size
-  bounds the quality of a run is mostly decided by how many clusters each dense region
-  gets, which Lloyd never changes; these jumps do, and cost a few warm steps each.
+* ``d > 1``: Lloyd iterations from k-means++ starts, the assignment step solved
+  exactly as a transportation problem (warm-started successive shortest paths),
+  then local search (Hartigan moves, swaps, random-swap relocations). Why this
+  solver and not a library one: docs/design.md, "The k-means solver".
 """
 from __future__ import annotations
 

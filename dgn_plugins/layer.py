@@ -17,6 +17,7 @@ identical outputs.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -81,19 +82,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         dtype=None,
         bias: bool = True,
     ) -> None:
-        try:
-            num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
-            bounds = group_bounds(default_size, alpha)
-            group_id = default_group_ids(num_channels, num_groups, bounds)  # raises if infeasible
-        except ValueError as error:  # say which option to change, not only C/K/L/H
-            by = "group_size" if group_size is not None else "num_groups"
-            advice = ""
-            if "cannot split" in str(error):
-                advice = "; " + infeasible_advice(num_channels, num_groups, default_size, alpha, by)
-            raise DGNOptionError(
-                f"DGN layer with C={num_channels} channels ({by}={group_size if group_size is not None else num_groups}, "
-                f"alpha={alpha}): {error}{advice}"
-            ) from None
+        num_groups, default_size, bounds, group_id = self._grouping(num_channels, num_groups, group_size, alpha)
         policy = RegroupPolicy.full(percentile, cluster_features, seed, n_init, max_iter)  # validates
         check_momentum(momentum)
         # GroupNorm's divisibility check would reject ragged groupings: pass it
@@ -118,6 +107,47 @@ class DynamicGroupNorm(nn.GroupNorm):
         self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
         # Derived from group_id; recomputed whenever the grouping changes.
         self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
+
+    @staticmethod
+    def _grouping(num_channels: int, num_groups: int, group_size: Optional[int], alpha: float):
+        """``(K, default group size, bounds, GN's group ids)``; DGNOptionError naming the option if infeasible."""
+        try:
+            num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
+            bounds = group_bounds(default_size, alpha)
+            group_id = default_group_ids(num_channels, num_groups, bounds)  # raises if infeasible
+        except ValueError as error:  # say which option to change, not only C/K/L/H
+            by = "group_size" if group_size is not None else "num_groups"
+            advice = ""
+            if "cannot split" in str(error):
+                advice = "; " + infeasible_advice(num_channels, num_groups, default_size, alpha, by)
+            raise DGNOptionError(
+                f"DGN layer with C={num_channels} channels ({by}={group_size if group_size is not None else num_groups}, "
+                f"alpha={alpha}): {error}{advice}"
+            ) from None
+        return num_groups, default_size, bounds, group_id
+
+    @classmethod
+    def check_options(cls, **options) -> dict:
+        """Check layer keyword arguments without building a layer; returns them.
+
+        For norm factories (``DGNNorm``, ``norm_cfg``) that should fail when
+        configured, not at the first layer deep inside a model builder. Unknown
+        names raise ``TypeError``; values the layer would refuse ``ValueError``
+        (:class:`~dgn_plugins.layout.DGNOptionError` for the grouping, checked
+        on two groups' worth of channels).
+        """
+        parameters = inspect.signature(cls.__init__).parameters
+        inspect.signature(cls).bind(1, **options)  # TypeError on unknown or duplicate names
+
+        def get(name):
+            return options.get(name, parameters[name].default)
+
+        num_groups, group_size = get("num_groups"), get("group_size")
+        cls._grouping(2 * (group_size or num_groups), num_groups, group_size, get("alpha"))
+        RegroupPolicy.full(**{name: get(name) for name in ("percentile", "cluster_features", "seed", "n_init",
+                                                             "max_iter")})
+        check_momentum(get("momentum"))
+        return dict(options)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor) -> Tensor:

@@ -186,3 +186,13 @@ def test_infeasible_bounds_say_which_option_to_change():
         DynamicGroupNorm(10, num_groups=3, alpha=0.1)
     DynamicGroupNorm(2050, group_size=16, alpha=0.063)  # the advice is enough
     DynamicGroupNorm(10, num_groups=3, alpha=0.2)
+
+
+def test_check_options_validates_without_a_layer():
+    assert DynamicGroupNorm.check_options(num_groups=8, percentile=0.5) == dict(num_groups=8, percentile=0.5)
+    with pytest.raises(TypeError):
+        DynamicGroupNorm.check_options(num_group=8)  # misspelt
+    for bad in (dict(alpha=1.5), dict(momentum=0.0), dict(percentile=2.0), dict(cluster_features=("median",)),
+                dict(n_init=0)):
+        with pytest.raises(ValueError):
+            DynamicGroupNorm.check_options(**bad)
