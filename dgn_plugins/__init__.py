@@ -1,8 +1,10 @@
 """Dynamic Group Normalization (DGN) for PyTorch and its detection toolkits.
 
-The core (this package minus ``openmmlab``/``detectron2``) needs only torch,
-numpy and scipy. Importing it registers ``DGN`` with MMEngine when MMEngine is
-installed, so ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
+The core (this package minus the toolkit adapters ``openmmlab``/``detectron2``)
+needs only torch, numpy and scipy, and importing it touches no toolkit and no
+process-wide state. ``import dgn_plugins.openmmlab`` (a config's
+``custom_imports``) registers ``DGN`` and ``DGNRegroupHook`` with MMEngine, so
+``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
 from . import ops  # registers the dgn:: operators first: everything below calls them
 from .convert import convert_gn_to_dgn
@@ -40,13 +42,3 @@ __all__ = [
     "use_backend",
 ]
 
-
-def _register_with_openmmlab() -> None:
-    try:
-        import mmengine  # noqa: F401
-    except ImportError:
-        return
-    from . import openmmlab  # noqa: F401  (registers DGN and DGNRegroupHook)
-
-
-_register_with_openmmlab()

@@ -173,7 +173,7 @@ def tiny_seg(tmp_path_factory):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    import dgn_plugins  # noqa: F401  (registers DGN)
+    import dgn_plugins.openmmlab  # noqa: F401  (registers DGN)
 
     init_default_scope("mmseg")
     torch.manual_seed(0)

@@ -94,7 +94,7 @@ def fingerprint(config: str, dgn_defaults: bool = False) -> str:
 
     text = Config.fromfile(config).pretty_text
     if dgn_defaults:
-        import dgn_plugins  # noqa: F401  (registers DGN and DGNRegroupHook)
+        import dgn_plugins.openmmlab  # noqa: F401  (registers DGN and DGNRegroupHook)
         from mmengine.registry import HOOKS, MODELS
 
         for cls in (MODELS.get("DGN"), HOOKS.get("DGNRegroupHook")):

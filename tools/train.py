@@ -12,8 +12,8 @@ The flags are those of the toolkits' own ``tools/train.py``::
     python tools/train.py mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py --dgn   # a GN config as DGN
 
 It picks the toolkit from the config (``default_scope``, else the model
-type), registers that toolkit's modules, imports ``dgn_plugins`` (so configs
-need no ``custom_imports``), checks every ``norm_cfg`` type names a registered
+type), registers that toolkit's modules, imports ``dgn_plugins.openmmlab`` (so configs
+need no ``custom_imports``) and allow-lists MMEngine's checkpoint types, checks every ``norm_cfg`` type names a registered
 layer, and builds MMEngine's ``Runner`` as mmdet's launcher does. Without
 CUDA, distributed runs use gloo on CPU. ``--dgn`` runs a GN config with DGN
 (:mod:`dgn_plugins.openmmlab.switch`). Errors a user fixes in the config
@@ -137,7 +137,9 @@ def register_toolkit(toolkit: str) -> None:
     else:
         from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=False)  # the Runner sets it from cfg.default_scope
-    import dgn_plugins  # noqa: F401  (DGN, DGNRegroupHook, checkpoint allow-list)
+    import dgn_plugins.openmmlab  # DGN, DGNRegroupHook
+
+    dgn_plugins.openmmlab.allow_checkpoint_types()  # MMEngine's checkpoints under torch.load(weights_only=True)
 
 
 # -------------------------------------------------------------------- config

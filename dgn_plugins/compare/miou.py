@@ -275,7 +275,7 @@ def _dataset_class_names(dataset_type: str, dataset_cfg) -> List[str]:
     except ImportError as err:
         raise ComparisonError(f"--class-names {dataset_type}: a dataset name needs MMSegmentation ({err})") from None
     register_all_modules(init_default_scope=False)
-    import dgn_plugins  # noqa: F401  (our datasets, e.g. ImageNetSDataset)
+    import dgn_plugins.openmmlab  # noqa: F401  (our datasets, e.g. ImageNetSDataset)
 
     dataset_cls = DATASETS.get(dataset_type)
     if dataset_cls is None:

@@ -14,7 +14,9 @@ into a checkpoint besides tensors:
   ``getattr``'s name;
 - ``collections.Counter``, the ``milestones`` of ``MultiStepLR``.
 
-Applied when ``dgn_plugins`` is imported (with MMEngine installed).
+Applied by an explicit call, :func:`allow_mmengine_checkpoint_types`, that
+launchers make (``tools/train.py``); :func:`dgn_plugins.safe_load.load_torch_file`
+allows the same types for one call only.
 """
 from __future__ import annotations
 

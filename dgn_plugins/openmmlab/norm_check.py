@@ -79,7 +79,7 @@ def _unknown_type_message(norm_type: str, places: Sequence[str], scope_name: str
         close = difflib.get_close_matches(norm_type, others, n=3, cutoff=0.6)
     where = f" in {places[0]}" + (f" (and {len(places) - 1} more places)" if len(places) > 1 else "") if places else ""
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    dgn = "" if "DGN" in known else " ('DGN' is registered by `import dgn_plugins`.)"
+    dgn = "" if "DGN" in known else " ('DGN' is registered by `import dgn_plugins.openmmlab`.)"
     return (
         f"Unknown norm type {norm_type!r}{where}: not registered in MODELS under scope {scope_name!r}."
         f"{hint} Registered norm layers: {', '.join(known)}.{dgn}"

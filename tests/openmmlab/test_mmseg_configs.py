@@ -17,7 +17,7 @@ from mmengine.registry import DefaultScope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from torch import nn  # noqa: E402
 
-import dgn_plugins  # noqa: E402
+import dgn_plugins.openmmlab  # noqa: E402
 from dgn_plugins.datasets import synthetic_seg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
