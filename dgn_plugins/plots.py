@@ -162,6 +162,15 @@ def _checkpoint_step(checkpoint: Mapping, path: Path, index: int) -> int:
     return int(digits[-1]) if digits else index
 
 
+def _toolkit_checkpoint_globals() -> list:
+    """What MMEngine's training checkpoints reference besides tensors, when MMEngine is installed."""
+    try:
+        from .openmmlab.checkpoint import mmengine_checkpoint_globals
+    except ImportError:  # no MMEngine: its types are not in the allow-list
+        return []
+    return mmengine_checkpoint_globals()
+
+
 def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] = None) -> Dict[str, GroupTimeline]:
     """Groupings of every DGN layer across checkpoints, ordered by training step."""
     from .safe_load import UnsafeFileError, load_torch_file
@@ -172,7 +181,7 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
         if not path.is_file():
             raise PlotError(f"{path}: no such checkpoint")
         try:
-            checkpoint = load_torch_file(path)  # weights only: a shared checkpoint runs no code
+            checkpoint = load_torch_file(path, _toolkit_checkpoint_globals())  # weights only: runs no code
         except UnsafeFileError as err:
             raise PlotError(f"{path}: refused: {err}") from None
         except Exception as err:  # torch raises several types for a bad file

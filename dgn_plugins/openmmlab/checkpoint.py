@@ -15,8 +15,9 @@ into a checkpoint besides tensors:
 - ``collections.Counter``, the ``milestones`` of ``MultiStepLR``.
 
 Applied by an explicit call, :func:`allow_mmengine_checkpoint_types`, that
-launchers make (``tools/train.py``); :func:`dgn_plugins.safe_load.load_torch_file`
-allows the same types for one call only.
+launchers make (``tools/train.py``); the plotting tool passes
+:func:`mmengine_checkpoint_globals` to :func:`dgn_plugins.safe_load.load_torch_file`,
+which allows them for one call only.
 """
 from __future__ import annotations
 
