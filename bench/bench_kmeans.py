@@ -37,8 +37,8 @@ except ImportError:
     sys.exit(2)
 
 from common import trained_channel_statistics  # noqa: E402
-from dgn_plugins import kmeans  # noqa: E402
-from dgn_plugins.kmeans import inertia_of, size_constrained_kmeans  # noqa: E402
+from dgn_plugins.regrouping.solver import kmeans  # noqa: E402
+from dgn_plugins.regrouping.solver import inertia_of, size_constrained_kmeans  # noqa: E402
 
 GROUP_SIZE = 16
 ALPHA = 0.5

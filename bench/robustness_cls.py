@@ -51,9 +51,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dgn_plugins import convert_gn_to_dgn, regroup_model  # noqa: E402
-from dgn_plugins.robustness.corruptions import check_corruptions, check_severities, corrupt_batch  # noqa: E402
-from dgn_plugins.robustness.stats import mean_ci  # noqa: E402
-from dgn_plugins.schedule import RegroupSchedule  # noqa: E402
+from dgn_plugins.evaluation.robustness.corruptions import check_corruptions, check_severities, corrupt_batch  # noqa: E402
+from dgn_plugins.evaluation.robustness.stats import mean_ci  # noqa: E402
+from dgn_plugins.regrouping.schedule import RegroupSchedule  # noqa: E402
 
 DATA_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DATA_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

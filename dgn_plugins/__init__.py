@@ -7,16 +7,16 @@ process-wide state. ``import dgn_plugins.openmmlab`` (a config's
 ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
 from . import ops  # registers the dgn:: operators first: everything below calls them
-from .convert import convert_gn_to_dgn
-from .freeze import FrozenDynamicGroupNorm, freeze
+from .inference.convert import convert_gn_to_dgn
+from .inference.freeze import FrozenDynamicGroupNorm, freeze
 from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
 from .layer import DynamicGroupNorm
-from .layout import GroupBounds, GroupLayout, default_group_ids, group_bounds
-from .model import dgn_layers, is_trainable, regroup_model
+from .grouping import GroupBounds, Grouping, default_group_ids, group_bounds
+from .regrouping.model import dgn_layers, is_trainable, regroup_model
 from .ops import set_backend, use_backend
-from .controller import RegroupController, summarize
-from .policy import RegroupPolicy
-from .regroup import RegroupReport
+from .regrouping.controller import RegroupController, summarize
+from .regrouping.policy import RegroupPolicy
+from .regrouping.rule import RegroupReport
 
 __version__ = "0.1.0"
 
@@ -35,7 +35,7 @@ __all__ = [
     "RegroupReport",
     "summarize",
     "GroupBounds",
-    "GroupLayout",
+    "Grouping",
     "group_bounds",
     "default_group_ids",
     "set_backend",

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from . import ops  # noqa: F401  (registers the dgn:: operators)
 from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
-from .layout import (DGNOptionError, GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds,
+from .grouping import (DGNOptionError, GroupBounds, Grouping, check_group_ids, default_group_ids, group_bounds,
                      infeasible_advice, resolve_num_groups)
-from .policy import CLUSTER_FEATURES, RegroupPolicy, check_momentum
-from .regroup import RegroupReport, plan_regroup, standardize
+from .regrouping.policy import CLUSTER_FEATURES, RegroupPolicy, check_momentum
+from .regrouping.rule import RegroupReport, plan_regroup, standardize
 
 __all__ = ["DynamicGroupNorm", "CLUSTER_FEATURES"]
 
@@ -60,7 +60,7 @@ class DynamicGroupNorm(nn.GroupNorm):
 
     _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
     # TorchScript scripts the forward only
-    __jit_unused_properties__ = ["layout", "percentile", "cluster_features", "seed", "n_init", "max_iter"]
+    __jit_unused_properties__ = ["grouping", "percentile", "cluster_features", "seed", "n_init", "max_iter"]
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         For norm factories (``DGNNorm``, ``norm_cfg``) that should fail when
         configured, not at the first layer deep inside a model builder. Unknown
         names raise ``TypeError``; values the layer would refuse ``ValueError``
-        (:class:`~dgn_plugins.layout.DGNOptionError` for the grouping, checked
+        (:class:`~dgn_plugins.grouping.DGNOptionError` for the grouping, checked
         on two groups' worth of channels).
         """
         parameters = inspect.signature(cls.__init__).parameters
@@ -190,9 +190,9 @@ class DynamicGroupNorm(nn.GroupNorm):
 
     # ----------------------------------------------------------------- grouping
     @property
-    def layout(self) -> GroupLayout:
+    def grouping(self) -> Grouping:
         """The grouping as sizes / offsets / channels sorted by group."""
-        return GroupLayout.from_group_ids(self.group_id, self.num_groups)
+        return Grouping.from_group_ids(self.group_id, self.num_groups)
 
     def reset_grouping(self) -> None:
         """Back to GN's contiguous grouping."""
@@ -220,7 +220,7 @@ class DynamicGroupNorm(nn.GroupNorm):
 
     def regroup(self, percentile: Optional[float] = None, seed: Optional[int] = None, name: str = "",
                 policy: Optional[RegroupPolicy] = None) -> RegroupReport:
-        """Apply the DGN rule once (see :mod:`dgn_plugins.regroup`).
+        """Apply the DGN rule once (see :mod:`dgn_plugins.regrouping.rule`).
 
         ``policy`` overrides the fields of the layer's policy it sets,
         ``percentile`` then overrides that; ``seed`` is the solver's seed for

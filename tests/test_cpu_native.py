@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from dgn_plugins import ops, use_backend
 from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
 from dgn_plugins.layer import DynamicGroupNorm
-from dgn_plugins.layout import default_group_ids
+from dgn_plugins.grouping import default_group_ids
 from reference import group_norm_reference, random_group_ids, reference_with_grads, run_backend, saved_tensor_shapes
 
 if not ops.native_available():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dgn_plugins.freeze import FrozenDynamicGroupNorm, freeze
+from dgn_plugins.inference.freeze import FrozenDynamicGroupNorm, freeze
 from dgn_plugins.layer import DynamicGroupNorm
 from reference import random_group_ids
 

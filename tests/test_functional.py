@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
-from dgn_plugins.layout import default_group_ids
+from dgn_plugins.grouping import default_group_ids
 from reference import group_norm_reference, random_group_ids, saved_tensor_shapes
 
 pytestmark = pytest.mark.usefixtures("backend")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dgn_plugins import DynamicGroupNorm
-from dgn_plugins.layout import GroupBounds, default_group_ids
+from dgn_plugins.grouping import GroupBounds, default_group_ids
 from reference import group_norm_reference
 
 
@@ -161,9 +161,9 @@ def test_set_group_ids_validates_and_keeps_the_old_grouping_on_error():
     assert torch.equal(layer.group_id, before)
     layer.set_group_ids(torch.arange(16) % 4)
     assert layer.group_count.tolist() == [4, 4, 4, 4]
-    assert not layer.layout.is_contiguous_equal()
+    assert not layer.grouping.is_contiguous_equal()
     layer.reset_grouping()
-    assert layer.layout.is_contiguous_equal()
+    assert layer.grouping.is_contiguous_equal()
 
 
 def test_copies_pickles_and_moves_dtype():
@@ -178,7 +178,7 @@ def test_copies_pickles_and_moves_dtype():
 
 
 def test_infeasible_bounds_say_which_option_to_change():
-    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.grouping import DGNOptionError
 
     with pytest.raises(DGNOptionError, match=r"group_size=16, alpha=0.05.*raise alpha to >= 0\.063 \(now 0\.05\)"):
         DynamicGroupNorm(2050, group_size=16, alpha=0.05)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model
-from dgn_plugins.plots import PlotError, grouping_state, select_layers, timelines_from_checkpoints, timelines_from_records
+from dgn_plugins.evaluation.plots import PlotError, grouping_state, select_layers, timelines_from_checkpoints, timelines_from_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -137,7 +137,7 @@ def _hue(colour):
 
 @pytest.mark.parametrize("num_groups", [8, 16, 20, 32, 64])
 def test_neighbouring_groups_get_different_hues(num_groups):
-    from dgn_plugins.plots import group_colours
+    from dgn_plugins.evaluation.plots import group_colours
 
     colours = group_colours(num_groups)
     assert len(colours) == num_groups and len(set(map(tuple, colours))) == num_groups
@@ -147,7 +147,7 @@ def test_neighbouring_groups_get_different_hues(num_groups):
 
 
 def test_sizes_are_counted_per_size_not_drawn_per_group(run_dir):
-    from dgn_plugins.plots import size_counts
+    from dgn_plugins.evaluation.plots import size_counts
 
     records = [json.loads(line) for line in (run_dir / "dgn_groups.jsonl").read_text().splitlines()]
     timeline = timelines_from_records(records)["4"]
@@ -160,7 +160,7 @@ def test_sizes_are_counted_per_size_not_drawn_per_group(run_dir):
 
 
 def test_tool_starts_record_timelines_from_gn(run_dir, tmp_path):
-    from dgn_plugins.layout import default_group_ids
+    from dgn_plugins.grouping import default_group_ids
 
     tool = _tool()
     drawn = []
@@ -175,7 +175,7 @@ def test_tool_starts_record_timelines_from_gn(run_dir, tmp_path):
 def _criterion_legend(timeline):
     from matplotlib.figure import Figure
 
-    from dgn_plugins.plots import _draw_criterion
+    from dgn_plugins.evaluation.plots import _draw_criterion
 
     ax = Figure().subplots()
     _draw_criterion(ax, timeline)

@@ -102,7 +102,7 @@ def detection_overrides(data_root: str, work_dir: str, epochs) -> dict:
 
 
 def run_detection(args) -> None:
-    from dgn_plugins.datasets.synthetic_coco import annotation_path, ensure_synthetic_coco
+    from dgn_plugins.evaluation.datasets.synthetic_coco import annotation_path, ensure_synthetic_coco
 
     data_root = ensure_synthetic_coco(args.data_root)
     metrics, predictions = {}, {}
@@ -131,10 +131,10 @@ def print_coco_comparison(gt_path: str, predictions: dict):
     """The GN-vs-DGN table of tools/compare_coco.py (COCOeval on the dumped
     predictions), returned; None when that module is not available."""
     try:
-        from dgn_plugins.compare.coco import compare_coco
-        from dgn_plugins.compare.report import render
+        from dgn_plugins.evaluation.compare.coco import compare_coco
+        from dgn_plugins.evaluation.compare.report import render
     except ImportError as error:
-        print(f"(dgn_plugins.compare unavailable: {error})")
+        print(f"(dgn_plugins.evaluation.compare unavailable: {error})")
         return None
     comparison = compare_coco(gt_path, list(predictions.items()), per_category=True)
     print("\nDetection: tiny Mask R-CNN on the generated shapes, GN vs DGN (tools/compare_coco.py)")

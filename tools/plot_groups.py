@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dgn_plugins.plots import (PlotError, gn_start, plot_timelines, read_records, select_layers,  # noqa: E402
+from dgn_plugins.evaluation.plots import (PlotError, gn_start, plot_timelines, read_records, select_layers,  # noqa: E402
                                timelines_from_checkpoints, timelines_from_records)
 
 

@@ -254,7 +254,7 @@ def build_runner(cfg):
     if cfg.get("default_scope") is None:
         cfg.default_scope = toolkit
 
-    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.grouping import DGNOptionError
     from dgn_plugins.openmmlab.norm_check import check_norm_types, explain_infeasible_dgn
 
     switch = cfg.pop("dgn_switch", None)

@@ -31,8 +31,8 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
-from ..layout import DGNOptionError
-from ..records import RECORDS_FILE
+from ..grouping import DGNOptionError
+from ..regrouping.records import RECORDS_FILE
 from .hook import DGNRegroupHook, insert_regroup_hook
 from .trainer import ddp_device_kwargs
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layer import DynamicGroupNorm
-from ..layout import DGNOptionError
+from ..grouping import DGNOptionError
 from .config import dgn_layer_options
 
 __all__ = ["DGN", "DGNNorm", "UnknownNormError", "accepted_norms", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]
@@ -200,7 +200,7 @@ def build_model(cfg: CfgNode) -> nn.Module:
     Errors name the setting to change: an unknown ``*NORM`` value raises
     :class:`UnknownNormError` (the keys and the accepted values; Detectron2's
     own is a bare ``KeyError: 'DNG'``), ``MODEL.DGN`` options a layer cannot
-    meet a :class:`~dgn_plugins.layout.DGNOptionError` with its module path.
+    meet a :class:`~dgn_plugins.grouping.DGNOptionError` with its module path.
     """
     try:
         return _build_detectron2_model(resolve_dgn_norms(cfg))

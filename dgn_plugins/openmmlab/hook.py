@@ -20,10 +20,10 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseAveragedModel, is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
-from ..controller import STATISTICS_OPTIONS, RegroupController
-from ..model import follow_groupings
-from ..policy import RegroupPolicy
-from ..records import RECORDS_FILE
+from ..regrouping.controller import STATISTICS_OPTIONS, RegroupController
+from ..regrouping.model import follow_groupings
+from ..regrouping.policy import RegroupPolicy
+from ..regrouping.records import RECORDS_FILE
 
 __all__ = ["DGNRegroupHook", "follow_groupings"]
 
@@ -49,7 +49,7 @@ def _split_options(options: dict):
 
 class DGNRegroupHook(Hook):
     """Regroup DGN layers every ``interval`` iterations (or epochs): MMEngine's events
-    translated to a :class:`~dgn_plugins.controller.RegroupController`.
+    translated to a :class:`~dgn_plugins.regrouping.controller.RegroupController`.
 
     Args:
         interval: regroup after every ``interval`` finished iterations
@@ -72,7 +72,7 @@ class DGNRegroupHook(Hook):
             scratch starts the file anew, keeping the old one beside it as
             ``<name>.<timestamp>.jsonl`` (logged as a warning).
         **dgn_options: ``cluster_features``, ``seed``, ``n_init``, ``max_iter``
-            override the layers' regroup policy (:class:`~dgn_plugins.policy.RegroupPolicy`);
+            override the layers' regroup policy (:class:`~dgn_plugins.regrouping.policy.RegroupPolicy`);
             ``momentum``, ``track_channel_stats`` are set on every layer before training.
     """
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional, Tuple
 
-from ..convert import convert_gn_to_dgn
-from ..layout import DGNOptionError
-from ..model import dgn_layers
+from ..inference.convert import convert_gn_to_dgn
+from ..grouping import DGNOptionError
+from ..regrouping.model import dgn_layers
 from .norm_check import iter_norm_cfgs
 
 __all__ = ["LAYER_OPTIONS", "check_layer_options", "gn_norm_cfgs_to_dgn", "converting_runner_class",

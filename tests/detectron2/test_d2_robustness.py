@@ -22,8 +22,8 @@ from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.dataset_mapper import DatasetMapper  # noqa: E402
 
 from dgn_plugins.detectron2 import DGNTrainer, launcher  # noqa: E402
-from dgn_plugins.robustness.corruptions import cell_seed, corrupt_image  # noqa: E402
-from dgn_plugins.robustness.detectron2 import CorruptingMapper, Detectron2Evaluator  # noqa: E402
+from dgn_plugins.evaluation.robustness.corruptions import cell_seed, corrupt_image  # noqa: E402
+from dgn_plugins.evaluation.robustness.detectron2 import CorruptingMapper, Detectron2Evaluator  # noqa: E402
 
 VAL = "dgn_synthetic_coco_val"
 
@@ -173,7 +173,7 @@ def test_both_toolkits_corrupt_an_image_file_into_the_same_pixels(colour_images,
     mmcv = pytest.importorskip("mmcv", reason="the OpenMMLab side needs mmcv and mmengine")
     from mmcv.transforms import Compose
 
-    from dgn_plugins.robustness.openmmlab import insert_corruption
+    from dgn_plugins.evaluation.robustness.openmmlab import insert_corruption
 
     path = colour_images[ext]
     dataset = dict(pipeline=[dict(type="LoadImageFromFile")])

@@ -105,7 +105,7 @@ def test_fingerprint_follows_the_config_and_the_dgn_defaults(tmp_path):
 
 
 def test_comparison_metrics_are_keyed_like_the_record():
-    from dgn_plugins.compare.report import Comparison
+    from dgn_plugins.evaluation.compare.report import Comparison
 
     comparison = Comparison(labels=["GN", "DGN"])
     comparison.add_section("bbox", ["AP", "AP50"], {"GN": [30.0, 50.0], "DGN": [31.0, 49.0]})

@@ -12,7 +12,7 @@ pytest.importorskip("mmdet", reason="mmdet is not installed")
 from mmengine.hooks import EMAHook  # noqa: E402
 
 from dgn_plugins import dgn_layers  # noqa: E402
-from dgn_plugins.layout import default_group_ids  # noqa: E402
+from dgn_plugins.grouping import default_group_ids  # noqa: E402
 from dgn_plugins.openmmlab import DGNRegroupHook  # noqa: E402
 
 

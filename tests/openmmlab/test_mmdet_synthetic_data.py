@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dgn_plugins.datasets.synthetic_coco import CLASSES, SyntheticCocoSpec, annotation_path, generate_synthetic_coco
+from dgn_plugins.evaluation.datasets.synthetic_coco import CLASSES, SyntheticCocoSpec, annotation_path, generate_synthetic_coco
 
 SPEC = SyntheticCocoSpec(num_train=6, num_val=3, image_size=80, seed=5)
 

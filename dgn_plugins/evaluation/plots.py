@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .regroup import intra_group_variance, within_group_sum_of_squares
+from ..regrouping.rule import intra_group_variance, within_group_sum_of_squares
 
 __all__ = [
     "GroupTimeline", "PlotError", "timelines_from_records", "gn_start", "group_colours", "size_counts", "read_records", "timelines_from_checkpoints",
@@ -117,7 +117,7 @@ def gn_start(records: Sequence[Mapping]) -> Dict[str, List[int]]:
     Records hold groupings after each regroup; a run starts from GN's (a run
     loaded from a DGN checkpoint would not, which records cannot tell).
     """
-    from .layout import default_group_ids
+    from ..grouping import default_group_ids
 
     if not records:
         return {}
@@ -165,7 +165,7 @@ def _checkpoint_step(checkpoint: Mapping, path: Path, index: int) -> int:
 def _toolkit_checkpoint_globals() -> list:
     """What MMEngine's training checkpoints reference besides tensors, when MMEngine is installed."""
     try:
-        from .openmmlab.checkpoint import mmengine_checkpoint_globals
+        from ..openmmlab.checkpoint import mmengine_checkpoint_globals
     except ImportError:  # no MMEngine: its types are not in the allow-list
         return []
     return mmengine_checkpoint_globals()

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
-from .layer import DynamicGroupNorm
+from ..functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
+from ..layer import DynamicGroupNorm
 
 __all__ = ["FrozenDynamicGroupNorm", "freeze"]
 
@@ -106,7 +106,7 @@ def freeze(module: nn.Module) -> nn.Module:
     rounding); weights, device, dtype, mode and ``requires_grad`` carry over.
     """
     if isinstance(module, DynamicGroupNorm):
-        if module.layout.is_contiguous_equal():
+        if module.grouping.is_contiguous_equal():
             return _group_norm_from(module)
         return FrozenDynamicGroupNorm.from_layer(module)
     for name, child in module.named_children():

@@ -8,7 +8,7 @@ A sweep result is plain data (written as JSON as is)::
      "summary": {"P": .., "mPC": .., "rPC": ..,
                  "per_corruption": {...}, "per_severity": {...}}}
 
-Several results (GN, DGN, ...) become one :class:`~dgn_plugins.compare.report.Comparison`,
+Several results (GN, DGN, ...) become one :class:`~dgn_plugins.evaluation.compare.report.Comparison`,
 rendered by the comparison tools' Markdown/CSV/JSON code.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _names(task: str) -> Dict[str, str]:
 
 def comparison_of(results: Sequence[Mapping]):
     """One Comparison (first result = baseline) of summaries and every cell."""
-    from dgn_plugins.compare.report import Comparison
+    from dgn_plugins.evaluation.compare.report import Comparison
 
     labels = [r["label"] for r in results]
     metrics = {r["metric"] for r in results}

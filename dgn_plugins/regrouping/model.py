@@ -6,9 +6,9 @@ from typing import List, Optional, Tuple
 from torch import nn
 
 from .distributed import average_channel_stats, broadcast_groupings
-from .layer import DynamicGroupNorm
+from ..layer import DynamicGroupNorm
 from .policy import RegroupPolicy
-from .regroup import RegroupReport
+from .rule import RegroupReport
 
 __all__ = ["dgn_layers", "is_trainable", "regroup_model", "follow_groupings"]
 

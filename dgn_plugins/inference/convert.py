@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layer import DynamicGroupNorm
-from .layout import DGNOptionError
+from ..layer import DynamicGroupNorm
+from ..grouping import DGNOptionError
 
 __all__ = ["convert_gn_to_dgn"]
 
@@ -22,7 +22,7 @@ def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Mo
     GroupNorm a new layer is returned. ``dgn_kwargs`` go to
     ``DynamicGroupNorm`` (``alpha``, ``percentile``, ...). Weights, device,
     dtype, training mode and ``requires_grad`` carry over. Options a layer
-    cannot meet raise :class:`~dgn_plugins.layout.DGNOptionError` naming its
+    cannot meet raise :class:`~dgn_plugins.grouping.DGNOptionError` naming its
     module path.
     """
     if isinstance(module, nn.GroupNorm) and not isinstance(module, DynamicGroupNorm):

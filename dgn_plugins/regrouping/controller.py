@@ -4,7 +4,7 @@ One sequence, shared by both toolkits' hooks (which only translate their
 events and loggers to it) and usable from a plain PyTorch loop: before
 training, open the records and say what will happen; after each finished step,
 if the schedule says so, regroup the model (ranks synchronised, see
-:mod:`dgn_plugins.distributed`), count, log, record; and save/restore the
+:mod:`dgn_plugins.regrouping.distributed`), count, log, record; and save/restore the
 schedule for resume.
 
 Example::
@@ -26,7 +26,7 @@ from torch import nn
 from .model import dgn_layers, regroup_model
 from .policy import RegroupPolicy, check_momentum
 from .records import RegroupRecords, regroup_record
-from .regroup import RegroupReport
+from .rule import RegroupReport
 from .schedule import RegroupSchedule
 
 __all__ = ["RegroupController", "summarize", "regroup_scalars", "describe_regroup", "STATISTICS_OPTIONS"]
@@ -78,12 +78,12 @@ class RegroupController:
     """Regroup a model's DGN layers every ``interval`` finished steps.
 
     Args:
-        interval, start, stop: the schedule (:class:`~dgn_plugins.schedule.RegroupSchedule`).
+        interval, start, stop: the schedule (:class:`~dgn_plugins.regrouping.schedule.RegroupSchedule`).
         policy: overrides the layers' own regroup settings where it sets a field.
         only_trainable: skip eval-mode and frozen layers.
         log_per_layer: log one line per layer besides the totals.
         records_file: ``.jsonl`` file the main process appends a record to per
-            regroup (``None``: none), see :class:`~dgn_plugins.records.RegroupRecords`.
+            regroup (``None``: none), see :class:`~dgn_plugins.regrouping.records.RegroupRecords`.
         unit: what a step is, ``"iteration"`` or ``"epoch"`` (log text only).
         statistics: running-statistics options (:data:`STATISTICS_OPTIONS`)
             set on every layer before training.
