@@ -56,6 +56,7 @@ def main():
         _exit("Triton is not installed (pip install triton)")
 
     from bench_layer import ragged_group_ids
+
     from dgn_plugins import ops, use_backend
     from dgn_plugins.functional import dynamic_group_norm
     from dgn_plugins.grouping import default_group_ids

@@ -32,9 +32,9 @@ import sys
 import time
 
 import torch
+from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib
 from torch import nn
 
-from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib
 from dgn_plugins import DynamicGroupNorm, ops, use_backend
 from dgn_plugins.grouping import group_bounds
 

@@ -22,15 +22,17 @@ import os
 import os.path as osp
 import platform
 import resource
+import runpy
 import subprocess
 import sys
 import time
+import types
+
+from dgn_plugins.evaluation import demo_noise
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path[:0] = [ROOT, osp.join(ROOT, "tools")]
-
-import demo  # noqa: E402  (tools/demo.py)
-import demo_noise  # noqa: E402  (tools/demo_noise.py)
+# tools/demo.py is a script: its functions, run as a module of that name
+demo = types.SimpleNamespace(**runpy.run_path(osp.join(ROOT, "tools", "demo.py"), run_name="demo"))
 
 PARTS = {"detection": dict(demo.DETECTION), "segmentation": dict(demo.SEGMENTATION)}
 

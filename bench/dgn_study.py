@@ -146,7 +146,6 @@ def _data(args) -> Dict[str, object]:
 
 def _score(model, scored: dict) -> Dict[str, float]:
     import torch
-
     from fashion_mnist import error_rate, to_tensor
 
     labels = torch.from_numpy(scored["labels"])
@@ -160,9 +159,9 @@ def _score(model, scored: dict) -> Dict[str, float]:
 
 def run_job(job: Job, args) -> dict:
     import torch
+    from fashion_mnist import SmallResNet, train
 
     from dgn_plugins import convert_gn_to_dgn
-    from fashion_mnist import SmallResNet, train
 
     torch.set_num_threads(1)
     out_path = args.work_dir / "runs" / f"{job.name}.json"
@@ -239,8 +238,9 @@ def run_jobs(jobs: Sequence[Job], args) -> None:
 # ------------------------------------------------------------------ data sets
 def prepare_data(args) -> None:
     """Clean and corrupted validation / test images, made once (seeded) and shared by every run."""
-    from dgn_plugins.evaluation.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt_batch
     from fashion_mnist import load_split
+
+    from dgn_plugins.evaluation.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt_batch
 
     folder = args.work_dir / "data"
     folder.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,6 @@ import copy
 import gzip
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -47,8 +46,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dgn_plugins import convert_gn_to_dgn, regroup_model  # noqa: E402
 from dgn_plugins.evaluation.robustness.corruptions import check_corruptions, check_severities, corrupt_batch  # noqa: E402

@@ -6,15 +6,15 @@ process-wide state. ``import dgn_plugins.openmmlab`` (a config's
 ``custom_imports``) registers ``DGN`` and ``DGNRegroupHook`` with MMEngine, so
 ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
-from . import ops  # registers the dgn:: operators first: everything below calls them
+from . import ops  # noqa: F401  (registers the dgn:: operators first: everything below calls them)
+from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from .grouping import GroupBounds, Grouping, default_group_ids, group_bounds
 from .inference.convert import convert_gn_to_dgn
 from .inference.freeze import FrozenDynamicGroupNorm, freeze
-from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
 from .layer import DynamicGroupNorm
-from .grouping import GroupBounds, Grouping, default_group_ids, group_bounds
-from .regrouping.model import dgn_layers, is_trainable, regroup_model
 from .ops import set_backend, use_backend
 from .regrouping.controller import RegroupController, summarize
+from .regrouping.model import dgn_layers, is_trainable, regroup_model
 from .regrouping.policy import RegroupPolicy
 from .regrouping.rule import RegroupReport
 

@@ -27,8 +27,15 @@ from torch import Tensor, nn
 
 from . import ops  # noqa: F401  (registers the dgn:: operators)
 from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
-from .grouping import (DGNOptionError, GroupBounds, Grouping, check_group_ids, default_group_ids, group_bounds,
-                     infeasible_advice, resolve_num_groups)
+from .grouping import (
+    DGNOptionError,
+    Grouping,
+    check_group_ids,
+    default_group_ids,
+    group_bounds,
+    infeasible_advice,
+    resolve_num_groups,
+)
 from .regrouping.policy import CLUSTER_FEATURES, RegroupPolicy, check_momentum
 from .regrouping.rule import RegroupReport, plan_regroup, standardize
 
@@ -56,6 +63,25 @@ class DynamicGroupNorm(nn.GroupNorm):
             the price of weighting a noisy statistic as much as the mean.
         seed, n_init, max_iter: the k-means solver's settings (``n_init="auto"``:
             more starts for smaller problems, see ``size_constrained_kmeans``).
+
+    ``percentile``, ``cluster_features``, ``seed``, ``n_init`` and ``max_iter``
+    form the layer's :class:`~dgn_plugins.regrouping.policy.RegroupPolicy`
+    (``layer.policy``); a policy given to :func:`~dgn_plugins.regroup_model`
+    overrides it at a regroup without changing the layer.
+
+    Shape:
+        - Input: :math:`(N, C, *)` where :math:`C=\text{num\_channels}`
+        - Output: :math:`(N, C, *)` (same shape as input)
+
+    Examples::
+
+        >>> input = torch.randn(20, 64, 10, 10)
+        >>> # GN's grouping at the start: identical to nn.GroupNorm(8, 64)
+        >>> m = DynamicGroupNorm(64, num_groups=8)
+        >>> # group size 8 (K = 8), sizes kept in [4, 12], half the groups may dissolve
+        >>> m = DynamicGroupNorm(64, group_size=8, alpha=0.5, percentile=0.5)
+        >>> output = m(input)  # training mode: also updates the running channel statistics
+        >>> report = m.regroup()  # the poster's rule, once
     """
 
     _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``

@@ -8,9 +8,13 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
-from dgn_plugins.regrouping.solver import kmeans
-from dgn_plugins.regrouping.solver import (ConstrainedKMeansResult, constrained_assignment, inertia_of,
-                                size_constrained_kmeans)
+from dgn_plugins.regrouping.solver import (
+    ConstrainedKMeansResult,
+    constrained_assignment,
+    inertia_of,
+    kmeans,
+    size_constrained_kmeans,
+)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

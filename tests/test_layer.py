@@ -5,11 +5,11 @@ import pickle
 
 import pytest
 import torch
+from reference import group_norm_reference
 from torch import nn
 
 from dgn_plugins import DynamicGroupNorm
 from dgn_plugins.grouping import GroupBounds, default_group_ids
-from reference import group_norm_reference
 
 
 def test_is_a_group_norm_with_gn_abbreviation_and_plain_parameter_names():

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model
-from dgn_plugins.evaluation.plots import PlotError, grouping_state, select_layers, timelines_from_checkpoints, timelines_from_records
+from dgn_plugins.evaluation.plots import (
+    PlotError,
+    grouping_state,
+    select_layers,
+    timelines_from_checkpoints,
+    timelines_from_records,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +43,7 @@ def _train_and_regroup(model, steps, generator):
         scale = torch.linspace(0.1, 3.0, 3).view(1, 3, 1, 1) * step
         model(torch.randn(8, 3, 8, 8, generator=generator) * scale + step)
         reports = regroup_model(model)
-        records.append({"step": step * 10, "group_id": {n: l.group_id.tolist() for n, l in dgn_layers(model)},
+        records.append({"step": step * 10, "group_id": {n: layer.group_id.tolist() for n, layer in dgn_layers(model)},
                         "reports": [r.as_dict() for r in reports]})
     return records
 
@@ -93,7 +99,7 @@ def test_checkpoint_variance_is_the_posters_intra_group_variance(run_dir):
 
 
 def test_groups_do_evolve_in_the_fixture(run_dir):
-    timeline = timelines_from_records([json.loads(l) for l in (run_dir / "dgn_groups.jsonl").read_text().splitlines()])["4"]
+    timeline = timelines_from_records([json.loads(line) for line in (run_dir / "dgn_groups.jsonl").read_text().splitlines()])["4"]
     assert any(not np.array_equal(timeline.group_ids[0], row) for row in timeline.group_ids[1:])
     assert np.isfinite(timeline.variance_before).all()
 

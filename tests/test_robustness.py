@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from dgn_plugins.evaluation.robustness.corruptions import (
-    CORRUPTIONS, CorruptionError, cell_seed, check_corruptions, check_severities, corrupt_batch, corrupt_image)
+    CORRUPTIONS,
+    CorruptionError,
+    cell_seed,
+    check_corruptions,
+    check_severities,
+    corrupt_batch,
+    corrupt_image,
+)
 from dgn_plugins.evaluation.robustness.metrics import per_corruption_mean, per_severity_mean, robustness_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

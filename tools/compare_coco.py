@@ -6,10 +6,7 @@
 
 Logic lives in ``dgn_plugins.evaluation.compare.coco``; run ``--help`` for every option.
 """
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dgn_plugins.evaluation.compare.coco import main  # noqa: E402
 

@@ -7,10 +7,7 @@
 
 Logic lives in ``dgn_plugins.evaluation.compare.miou``; run ``--help`` for every option.
 """
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dgn_plugins.evaluation.compare.miou import main  # noqa: E402
 

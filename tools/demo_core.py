@@ -18,20 +18,16 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]
-
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize  # noqa: E402
+from dgn_plugins.evaluation.demo_noise import interval_verdict  # noqa: E402
 from dgn_plugins.evaluation.plots import plot_history  # noqa: E402
 from dgn_plugins.regrouping.schedule import RegroupSchedule  # noqa: E402
-from demo_noise import interval_verdict  # noqa: E402  (tools/demo_noise.py)
 
 NUM_CLASSES = 10
 

@@ -18,15 +18,13 @@ unknown string ``"DGN"`` and raise ``KeyError: 'DGN'``.
 """
 from __future__ import annotations
 
-
-
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model as _build_detectron2_model
 from torch import nn
 
 from ..errors import ConfigError
-from ..layer import DynamicGroupNorm
 from ..grouping import DGNOptionError
+from ..layer import DynamicGroupNorm
 from .config import dgn_layer_options
 
 __all__ = ["DGN", "DGNNorm", "UnknownNormError", "accepted_norms", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]

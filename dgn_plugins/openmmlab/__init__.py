@@ -11,11 +11,10 @@ explicitly (``tools/train.py`` does).
 """
 from importlib.util import find_spec
 
+from .checkpoint import allow_mmengine_checkpoint_types as allow_checkpoint_types
 from .hook import DGNRegroupHook
 from .norm_check import UnknownNormTypeError, check_norm_types
 from .registry import register_all
-
-from .checkpoint import allow_mmengine_checkpoint_types as allow_checkpoint_types
 
 register_all()
 

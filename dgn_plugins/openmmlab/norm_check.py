@@ -20,7 +20,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import ConfigError
 
-__all__ = ["UnknownNormTypeError", "iter_norm_cfgs", "check_norm_types", "registered_norm_types", "build_norm_layer"]
+__all__ = ["UnknownNormTypeError", "iter_norm_cfgs", "check_norm_types", "registered_norm_types"]
 
 _NORM_BASES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -104,18 +104,6 @@ def check_norm_types(cfg, scope: Optional[str] = None) -> None:
     if unknown:
         norm_type, places = next(iter(unknown.items()))
         raise UnknownNormTypeError(_unknown_type_message(norm_type, places, scope_name, scope))
-
-
-def build_norm_layer(cfg: Mapping, num_features: int, postfix="") -> Tuple[str, nn.Module]:
-    """``mmcv.cnn.build_norm_layer`` whose unknown-type error names the type."""
-    from mmcv.cnn import build_norm_layer as mmcv_build_norm_layer
-
-    norm_type = cfg.get("type") if isinstance(cfg, Mapping) else None
-    if isinstance(norm_type, str):
-        found, scope_name = _lookup(norm_type, None)
-        if found is None:
-            raise UnknownNormTypeError(_unknown_type_message(norm_type, [], scope_name, None))
-    return mmcv_build_norm_layer(cfg, num_features, postfix)
 
 
 def dgn_norm_cfg_paths(cfg) -> List[str]:

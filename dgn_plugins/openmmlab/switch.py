@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional, Tuple
 
-from ..inference.convert import convert_gn_to_dgn
 from ..grouping import DGNOptionError
+from ..inference.convert import convert_gn_to_dgn
 from ..regrouping.model import dgn_layers
 from .norm_check import iter_norm_cfgs
 

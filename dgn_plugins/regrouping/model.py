@@ -5,8 +5,8 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
-from .distributed import average_channel_stats, broadcast_groupings
 from ..layer import DynamicGroupNorm
+from .distributed import average_channel_stats, broadcast_groupings
 from .policy import RegroupPolicy
 from .rule import RegroupReport
 

@@ -19,8 +19,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .solver import inertia_of, size_constrained_kmeans
 from ..grouping import GroupBounds
+from .solver import inertia_of, size_constrained_kmeans
 
 __all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "within_group_sum_of_squares", "standardize", "plan_regroup"]
 

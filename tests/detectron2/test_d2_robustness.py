@@ -15,9 +15,11 @@ pytest.importorskip("detectron2.config", reason="Detectron2 is not installed (bu
 pytest.importorskip("imagecorruptions", reason="pip install imagecorruptions-imaug==1.1.5")
 
 import torch  # noqa: E402
-from d2_support import TINY_LAZY, ROOT, config_path, detectron2_configs_dir, load_cfg, tiny_train_opts  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.data import detection_utils  # noqa: E402
+from d2_support import ROOT, TINY_LAZY, config_path, detectron2_configs_dir, load_cfg, tiny_train_opts  # noqa: E402
+from detectron2.data import (
+    DatasetCatalog,  # noqa: E402
+    detection_utils,  # noqa: E402
+)
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.dataset_mapper import DatasetMapper  # noqa: E402
 

@@ -38,7 +38,7 @@ from detectron2.evaluation import COCOEvaluator, SemSegEvaluator, inference_on_d
 
 from ...detectron2 import add_dgn_config, build_model, lazy
 from ...detectron2.data import register_datasets_of
-from ...detectron2.launcher import cuda_or_cpu, lazy_dataset_names, is_lazy_config
+from ...detectron2.launcher import cuda_or_cpu, is_lazy_config, lazy_dataset_names
 from .corruptions import cell_seed, check_corruptions, check_severities, corrupt_image
 from .metrics import nothing_detected, pick_primary_metric, task_of_metric
 

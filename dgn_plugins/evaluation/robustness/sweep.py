@@ -18,8 +18,14 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from .corruptions import check_corruptions, check_severities
 from .evaluators import CellEvaluator
-from .metrics import (display_scale, per_corruption_mean, per_severity_mean, pick_primary_metric,
-                      robustness_summary, task_of_metric)
+from .metrics import (
+    display_scale,
+    per_corruption_mean,
+    per_severity_mean,
+    pick_primary_metric,
+    robustness_summary,
+    task_of_metric,
+)
 
 __all__ = ["run_sweep", "summarize_sweep", "comparison_of"]
 

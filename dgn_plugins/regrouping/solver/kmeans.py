@@ -17,8 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (_as_points, _check_bounds, _check_count, _check_labels, _cluster_means, _compiled, _inertia,
-                     _squared_distances)
+from .common import (
+    _as_points,
+    _check_bounds,
+    _check_count,
+    _check_labels,
+    _cluster_means,
+    _compiled,
+    _inertia,
+    _squared_distances,
+)
 from .dp1d import optimal_1d_labels
 from .transport import _Transport, constrained_assignment
 
