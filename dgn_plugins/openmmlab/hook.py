@@ -13,6 +13,7 @@ one record per regroup to ``<work_dir>/dgn_groups.jsonl`` (for
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Optional
 
 from mmengine.dist import is_main_process
@@ -31,7 +32,8 @@ __all__ = ["DGNRegroupHook", "follow_groupings"]
 #: ``LogProcessor`` collects for the text log, the json log and vis backends.
 SCALAR_PREFIX = "train/dgn_"
 
-_POLICY_OPTIONS = ("cluster_features", "seed", "n_init", "max_iter")
+#: The regroup policy's fields besides ``percentile`` (an argument of its own).
+_POLICY_OPTIONS = tuple(f.name for f in fields(RegroupPolicy) if f.name != "percentile")
 
 
 def _split_options(options: dict):
