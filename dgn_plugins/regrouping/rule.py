@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from ..grouping import GroupBounds
 from .solver import inertia_of, size_constrained_kmeans
@@ -104,6 +103,8 @@ def _match_labels(old_labels: np.ndarray, new_labels: np.ndarray, num_clusters: 
     So that a group keeps its id when most of its channels stay together, and
     "channels moved" counts real moves rather than label permutations.
     """
+    from scipy.optimize import linear_sum_assignment  # scipy loads at the first regroup, not with the package
+
     overlap = np.zeros((num_clusters, num_clusters), dtype=np.int64)
     np.add.at(overlap, (new_labels, old_labels), 1)
     new_idx, old_idx = linear_sum_assignment(-overlap)

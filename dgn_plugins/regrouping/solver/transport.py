@@ -7,8 +7,6 @@ prices (docs/design.md, "The k-means solver").
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
 
 from .common import _check_bounds, _check_labels, _compiled
 
@@ -145,6 +143,8 @@ class _Transport:
 
     # -- compact graph -------------------------------------------------------
     def _build_graph(self):
+        from scipy.sparse import csr_matrix  # scipy loads at the first regroup, not with the package
+
         k = self.n_clusters
         nodes = k + 1
         self.move_cost = np.full((nodes, nodes), np.inf)  # actual (not reduced) edge costs
@@ -197,6 +197,8 @@ class _Transport:
 
     # -- one round -------------------------------------------------------------
     def _round(self, push):
+        from scipy.sparse.csgraph import dijkstra
+
         """One Dijkstra pass and the augmentations it enables; returns whether any applied."""
         k = self.n_clusters
         cluster_excess = self.excess[:k]
