@@ -79,9 +79,11 @@ ext: setup
 demo: setup
 	$(PY) tools/demo.py
 
-# The whole suite, Detectron2's tests included: DGN_REQUIRE_DETECTRON2 makes
-# them fail rather than skip when Detectron2 (or what they need) is missing.
+# ruff first (pyproject.toml), then the whole suite, Detectron2's tests included:
+# DGN_REQUIRE_DETECTRON2 makes them fail rather than skip when Detectron2 (or
+# what they need) is missing.
 test: setup
+	$(PY) -m ruff check .
 	DGN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q tests
 
 # The solver benchmarks' reference, k-means-constrained, pins protobuf<7 (ortools);

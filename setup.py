@@ -43,7 +43,7 @@ def native_extension():
         extra_compile_args=flags,
         extra_link_args=["-fopenmp"],  # ATen's inline at::parallel_for is an OpenMP region
     )
-    # The size-constrained k-means inner loops (dgn_plugins.kmeans); plain C++ + pybind11.
+    # The size-constrained k-means inner loops (dgn_plugins.regrouping.solver); plain C++ + pybind11.
     kmeans = CppExtension("dgn_plugins._kmeans", ["dgn_plugins/csrc/kmeans_cpu.cpp"], extra_compile_args=["-O3"])
     return [extension, kmeans], {"build_ext": OptionalBuildExtension}
 

@@ -56,9 +56,10 @@ def main():
         _exit("Triton is not installed (pip install triton)")
 
     from bench_layer import ragged_group_ids
+
     from dgn_plugins import ops, use_backend
     from dgn_plugins.functional import dynamic_group_norm
-    from dgn_plugins.layout import default_group_ids
+    from dgn_plugins.grouping import default_group_ids
 
     if not ops.native_available():
         _exit(f"the extension dgn_plugins._C (the operators' autograd kernel) is not built: {ops.native_import_error()}")

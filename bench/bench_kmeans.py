@@ -27,9 +27,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 try:
     from k_means_constrained import KMeansConstrained
 except ImportError:
@@ -37,8 +34,12 @@ except ImportError:
     sys.exit(2)
 
 from common import trained_channel_statistics  # noqa: E402
-from dgn_plugins import kmeans  # noqa: E402
-from dgn_plugins.kmeans import inertia_of, size_constrained_kmeans  # noqa: E402
+
+from dgn_plugins.regrouping.solver import (  # noqa: E402
+    inertia_of,
+    kmeans,  # noqa: E402
+    size_constrained_kmeans,
+)
 
 GROUP_SIZE = 16
 ALPHA = 0.5

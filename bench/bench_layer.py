@@ -32,11 +32,11 @@ import sys
 import time
 
 import torch
+from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib
 from torch import nn
 
-from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib
 from dgn_plugins import DynamicGroupNorm, ops, use_backend
-from dgn_plugins.layout import group_bounds
+from dgn_plugins.grouping import group_bounds
 
 SHAPES = [(64, 128, 160), (256, 96, 128), (256, 64, 80), (512, 48, 64), (1024, 32, 48), (2048, 24, 32)]
 VARIANTS = {"nchw f32": (torch.contiguous_format, torch.float32),

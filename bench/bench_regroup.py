@@ -25,15 +25,17 @@ from unittest import mock
 
 import numpy as np
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 from bench_resnet import resnet50_gn  # noqa: E402
 from common import trained_channel_statistics  # noqa: E402
-from dgn_plugins import convert_gn_to_dgn, dgn_layers, kmeans, regroup  # noqa: E402
-from dgn_plugins.kmeans import ConstrainedKMeansResult, inertia_of  # noqa: E402
-from dgn_plugins.model import regroup_model  # noqa: E402
+
+from dgn_plugins import convert_gn_to_dgn, dgn_layers  # noqa: E402
+from dgn_plugins.regrouping import rule as regroup  # noqa: E402
+from dgn_plugins.regrouping.model import regroup_model  # noqa: E402
+from dgn_plugins.regrouping.solver import (  # noqa: E402
+    ConstrainedKMeansResult,
+    inertia_of,
+    kmeans,  # noqa: E402
+)
 
 
 def prepared_model(seed: int):

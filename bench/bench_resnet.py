@@ -16,9 +16,9 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from bench_layer import medians, ragged_group_ids
 from torch import nn
 
-from bench_layer import medians, ragged_group_ids
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, ops, set_backend
 
 
@@ -93,8 +93,8 @@ def main():
     print(f"ResNet-50 (GN, 32 groups) train step, N={args.batch}, {args.size}x{args.size}, {args.threads} threads, "
           f"{len(layers)} norm layers, ragged DGN layouts (backend {args.backend}); "
           f"medians of {args.repeats} ({args.clock} clock)")
-    print(f"| GN step (s) | DGN step (s) | ratio |")
-    print(f"|-------------|--------------|-------|")
+    print("| GN step (s) | DGN step (s) | ratio |")
+    print("|-------------|--------------|-------|")
     print(f"| {times['gn']:11.3f} | {times['dgn']:12.3f} | {times['dgn'] / times['gn']:5.3f} |")
     print("target: ratio <= 1.03")
 

@@ -22,15 +22,17 @@ import os
 import os.path as osp
 import platform
 import resource
+import runpy
 import subprocess
 import sys
 import time
+import types
+
+from dgn_plugins.evaluation import demo_noise
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path[:0] = [ROOT, osp.join(ROOT, "tools")]
-
-import demo  # noqa: E402  (tools/demo.py)
-import demo_noise  # noqa: E402  (tools/demo_noise.py)
+# tools/demo.py is a script: its functions, run as a module of that name
+demo = types.SimpleNamespace(**runpy.run_path(osp.join(ROOT, "tools", "demo.py"), run_name="demo"))
 
 PARTS = {"detection": dict(demo.DETECTION), "segmentation": dict(demo.SEGMENTATION)}
 
@@ -62,7 +64,7 @@ def cpu_seconds() -> float:
 
 def detection_metrics(gt_path: str, predictions: str) -> dict:
     """The demo's detection numbers: COCOeval rows, keyed 'section/metric'."""
-    from dgn_plugins.compare.coco import compare_coco
+    from dgn_plugins.evaluation.compare.coco import compare_coco
 
     return demo.comparison_metrics(compare_coco(gt_path, [("run", predictions)], per_category=True), "run")
 
@@ -84,7 +86,7 @@ def train_one(part: str, model: str, seed: int, args, data_root) -> dict:
     del runner
     gc.collect()
     if part == "detection":
-        from dgn_plugins.datasets.synthetic_coco import annotation_path
+        from dgn_plugins.evaluation.datasets.synthetic_coco import annotation_path
 
         metrics = detection_metrics(annotation_path(data_root, "val"), osp.join(work_dir, "predictions.pkl"))
     else:
@@ -136,7 +138,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.work_dir, exist_ok=True)
     # The code this process loaded: HEAD now, not when a later run finishes.
     args.commit = shell("git rev-parse --short HEAD") + (" (uncommitted changes)" if shell("git status --porcelain -uno") else "")
-    from dgn_plugins.datasets.synthetic_coco import ensure_synthetic_coco
+    from dgn_plugins.evaluation.datasets.synthetic_coco import ensure_synthetic_coco
 
     data_root = ensure_synthetic_coco(args.data_root) if "detection" in args.parts else None
     record = {

@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dgn_plugins.robustness.corruptions import VALIDATION_CORRUPTIONS
+from dgn_plugins.evaluation.robustness.corruptions import VALIDATION_CORRUPTIONS
 
 HERE = Path(__file__).resolve().parent  # python puts it on sys.path: fashion_mnist.py imports from here
 SCREEN_SEEDS = (0,)
@@ -82,7 +82,7 @@ class Setting:
                     momentum=self.momentum, alpha=self.alpha, seed=seed)
 
     def schedule(self, iters: int):
-        from dgn_plugins.schedule import RegroupSchedule
+        from dgn_plugins.regrouping.schedule import RegroupSchedule
 
         return RegroupSchedule(interval=max(1, round(self.interval * iters)), stop=round(self.stop * iters))
 
@@ -146,7 +146,6 @@ def _data(args) -> Dict[str, object]:
 
 def _score(model, scored: dict) -> Dict[str, float]:
     import torch
-
     from fashion_mnist import error_rate, to_tensor
 
     labels = torch.from_numpy(scored["labels"])
@@ -160,9 +159,9 @@ def _score(model, scored: dict) -> Dict[str, float]:
 
 def run_job(job: Job, args) -> dict:
     import torch
+    from fashion_mnist import SmallResNet, train
 
     from dgn_plugins import convert_gn_to_dgn
-    from fashion_mnist import SmallResNet, train
 
     torch.set_num_threads(1)
     out_path = args.work_dir / "runs" / f"{job.name}.json"
@@ -239,8 +238,9 @@ def run_jobs(jobs: Sequence[Job], args) -> None:
 # ------------------------------------------------------------------ data sets
 def prepare_data(args) -> None:
     """Clean and corrupted validation / test images, made once (seeded) and shared by every run."""
-    from dgn_plugins.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt_batch
     from fashion_mnist import load_split
+
+    from dgn_plugins.evaluation.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt_batch
 
     folder = args.work_dir / "data"
     folder.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,7 @@ def paired(runs: List[dict], label: str, metric, split: str = "val") -> Dict[int
 
 
 def mean_ci(values) -> tuple:
-    from dgn_plugins.robustness.stats import mean_ci as _mean_ci
+    from dgn_plugins.evaluation.robustness.stats import mean_ci as _mean_ci
 
     return _mean_ci(list(values))
 
@@ -357,7 +357,7 @@ def final_stage(args) -> None:
 
 # ------------------------------------------------------------------ report
 def report(args) -> str:
-    from dgn_plugins.robustness.corruptions import CORRUPTIONS
+    from dgn_plugins.evaluation.robustness.corruptions import CORRUPTIONS
 
     runs = load_runs(args.work_dir, protocol(args))
     lines = [f"Protocol: {json.dumps(protocol(args))}; commits {sorted({r['commit'] for r in runs})}", ""]

@@ -1,18 +1,22 @@
 """Dynamic Group Normalization (DGN) for PyTorch and its detection toolkits.
 
-The core (this package minus ``openmmlab``/``detectron2``) needs only torch,
-numpy and scipy. Importing it registers ``DGN`` with MMEngine when MMEngine is
-installed, so ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
+The core (this package minus the toolkit adapters ``openmmlab``/``detectron2``)
+needs only torch, numpy and scipy, and importing it touches no toolkit and no
+process-wide state. ``import dgn_plugins.openmmlab`` (a config's
+``custom_imports``) registers ``DGN`` and ``DGNRegroupHook`` with MMEngine, so
+``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
-from . import ops  # registers the dgn:: operators first: everything below calls them
-from .convert import convert_gn_to_dgn
-from .freeze import FrozenDynamicGroupNorm, freeze
+from . import ops  # noqa: F401  (registers the dgn:: operators first: everything below calls them)
 from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from .grouping import GroupBounds, Grouping, default_group_ids, group_bounds
+from .inference.convert import convert_gn_to_dgn
+from .inference.freeze import FrozenDynamicGroupNorm, freeze
 from .layer import DynamicGroupNorm
-from .layout import GroupBounds, GroupLayout, default_group_ids, group_bounds
-from .model import dgn_layers, is_trainable, regroup_model
 from .ops import set_backend, use_backend
-from .regroup import RegroupReport, summarize
+from .regrouping.controller import RegroupController, summarize
+from .regrouping.model import dgn_layers, is_trainable, regroup_model
+from .regrouping.policy import RegroupPolicy
+from .regrouping.rule import RegroupReport
 
 __version__ = "0.1.0"
 
@@ -24,25 +28,17 @@ __all__ = [
     "freeze",
     "FrozenDynamicGroupNorm",
     "regroup_model",
+    "RegroupController",
+    "RegroupPolicy",
     "dgn_layers",
     "is_trainable",
     "RegroupReport",
     "summarize",
     "GroupBounds",
-    "GroupLayout",
+    "Grouping",
     "group_bounds",
     "default_group_ids",
     "set_backend",
     "use_backend",
 ]
 
-
-def _register_with_openmmlab() -> None:
-    try:
-        import mmengine  # noqa: F401
-    except ImportError:
-        return
-    from . import openmmlab  # noqa: F401  (registers DGN and DGNRegroupHook)
-
-
-_register_with_openmmlab()

@@ -17,6 +17,7 @@ identical outputs.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -26,16 +27,19 @@ from torch import Tensor, nn
 
 from . import ops  # noqa: F401  (registers the dgn:: operators)
 from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
-from .layout import (DGNOptionError, GroupBounds, GroupLayout, check_group_ids, default_group_ids, group_bounds,
-                     infeasible_advice, resolve_num_groups)
-from .regroup import RegroupReport, plan_regroup, standardize
+from .grouping import (
+    DGNOptionError,
+    Grouping,
+    check_group_ids,
+    default_group_ids,
+    group_bounds,
+    infeasible_advice,
+    resolve_num_groups,
+)
+from .regrouping.policy import CLUSTER_FEATURES, RegroupPolicy, check_momentum
+from .regrouping.rule import RegroupReport, plan_regroup, standardize
 
 __all__ = ["DynamicGroupNorm", "CLUSTER_FEATURES"]
-
-#: Per-channel statistics that can serve as k-means features.
-CLUSTER_FEATURES = ("mean", "var", "std")
-
-
 
 class DynamicGroupNorm(nn.GroupNorm):
     r"""Group normalization with data-driven, periodically regrouped channels.
@@ -59,10 +63,30 @@ class DynamicGroupNorm(nn.GroupNorm):
             the price of weighting a noisy statistic as much as the mean.
         seed, n_init, max_iter: the k-means solver's settings (``n_init="auto"``:
             more starts for smaller problems, see ``size_constrained_kmeans``).
+
+    ``percentile``, ``cluster_features``, ``seed``, ``n_init`` and ``max_iter``
+    form the layer's :class:`~dgn_plugins.regrouping.policy.RegroupPolicy`
+    (``layer.policy``); a policy given to :func:`~dgn_plugins.regroup_model`
+    overrides it at a regroup without changing the layer.
+
+    Shape:
+        - Input: :math:`(N, C, *)` where :math:`C=\text{num\_channels}`
+        - Output: :math:`(N, C, *)` (same shape as input)
+
+    Examples::
+
+        >>> input = torch.randn(20, 64, 10, 10)
+        >>> # GN's grouping at the start: identical to nn.GroupNorm(8, 64)
+        >>> m = DynamicGroupNorm(64, num_groups=8)
+        >>> # group size 8 (K = 8), sizes kept in [4, 12], half the groups may dissolve
+        >>> m = DynamicGroupNorm(64, group_size=8, alpha=0.5, percentile=0.5)
+        >>> output = m(input)  # training mode: also updates the running channel statistics
+        >>> report = m.regroup()  # the poster's rule, once
     """
 
     _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
-    __jit_unused_properties__ = ["layout"]  # TorchScript scripts the forward only
+    # TorchScript scripts the forward only
+    __jit_unused_properties__ = ["grouping", "percentile", "cluster_features", "seed", "n_init", "max_iter"]
 
     def __init__(
         self,
@@ -84,6 +108,35 @@ class DynamicGroupNorm(nn.GroupNorm):
         dtype=None,
         bias: bool = True,
     ) -> None:
+        num_groups, default_size, bounds, group_id = self._grouping(num_channels, num_groups, group_size, alpha)
+        policy = RegroupPolicy.full(percentile, cluster_features, seed, n_init, max_iter)  # validates
+        check_momentum(momentum)
+        # GroupNorm's divisibility check would reject ragged groupings: pass it
+        # a trivially valid K and set the real one after.
+        super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        self.num_groups = num_groups
+        self.group_size = group_size
+        self.default_group_size = default_size
+        self.alpha = alpha
+        self.bounds = bounds
+        self.policy = policy  # this layer's regroup settings; a model-level policy may override them
+        self.momentum = momentum
+        self.track_channel_stats = track_channel_stats
+
+        self.register_buffer("group_id", group_id.to(device))
+        # Like the group statistics: float32, float64 for a float64 layer, never half precision
+        # (a 0.1-momentum EMA in bfloat16 stalls). _apply keeps it so through .half() / .to(dtype).
+        stats_dtype = compute_dtype(dtype if dtype is not None else torch.get_default_dtype())
+        self.register_buffer("channel_mean_ema", torch.zeros(num_channels, device=device, dtype=stats_dtype))
+        self.register_buffer("channel_var_ema", torch.ones(num_channels, device=device, dtype=stats_dtype))
+        self.register_buffer("num_stat_updates", torch.tensor(0, dtype=torch.long, device=device))
+        self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
+        # Derived from group_id; recomputed whenever the grouping changes.
+        self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
+
+    @staticmethod
+    def _grouping(num_channels: int, num_groups: int, group_size: Optional[int], alpha: float):
+        """``(K, default group size, bounds, GN's group ids)``; DGNOptionError naming the option if infeasible."""
         try:
             num_groups, default_size = resolve_num_groups(num_channels, num_groups, group_size)
             bounds = group_bounds(default_size, alpha)
@@ -97,39 +150,30 @@ class DynamicGroupNorm(nn.GroupNorm):
                 f"DGN layer with C={num_channels} channels ({by}={group_size if group_size is not None else num_groups}, "
                 f"alpha={alpha}): {error}{advice}"
             ) from None
-        if not 0.0 <= percentile <= 1.0:
-            raise ValueError(f"percentile must lie in [0, 1], got {percentile}")
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
-        unknown = set(cluster_features) - set(CLUSTER_FEATURES)
-        if unknown or not cluster_features:
-            raise ValueError(f"cluster_features must be a non-empty subset of {CLUSTER_FEATURES}, got {cluster_features}")
-        if n_init != "auto" and (isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1):
-            raise ValueError(f"n_init must be a positive integer or 'auto', got {n_init!r}")
-        # GroupNorm's divisibility check would reject ragged groupings: pass it
-        # a trivially valid K and set the real one after.
-        super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
-        self.num_groups = num_groups
-        self.group_size = group_size
-        self.default_group_size = default_size
-        self.alpha = alpha
-        self.bounds = bounds
-        self.percentile = percentile
-        self.momentum = momentum
-        self.track_channel_stats = track_channel_stats
-        self.cluster_features = tuple(cluster_features)
-        self.seed, self.n_init, self.max_iter = seed, n_init, max_iter
+        return num_groups, default_size, bounds, group_id
 
-        self.register_buffer("group_id", group_id.to(device))
-        # Like the group statistics: float32, float64 for a float64 layer, never half precision
-        # (a 0.1-momentum EMA in bfloat16 stalls). _apply keeps it so through .half() / .to(dtype).
-        stats_dtype = compute_dtype(dtype if dtype is not None else torch.get_default_dtype())
-        self.register_buffer("channel_mean_ema", torch.zeros(num_channels, device=device, dtype=stats_dtype))
-        self.register_buffer("channel_var_ema", torch.ones(num_channels, device=device, dtype=stats_dtype))
-        self.register_buffer("num_stat_updates", torch.tensor(0, dtype=torch.long, device=device))
-        self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
-        # Derived from group_id; recomputed whenever the grouping changes.
-        self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
+    @classmethod
+    def check_options(cls, **options) -> dict:
+        """Check layer keyword arguments without building a layer; returns them.
+
+        For norm factories (``DGNNorm``, ``norm_cfg``) that should fail when
+        configured, not at the first layer deep inside a model builder. Unknown
+        names raise ``TypeError``; values the layer would refuse ``ValueError``
+        (:class:`~dgn_plugins.grouping.DGNOptionError` for the grouping, checked
+        on two groups' worth of channels).
+        """
+        parameters = inspect.signature(cls.__init__).parameters
+        inspect.signature(cls).bind(1, **options)  # TypeError on unknown or duplicate names
+
+        def get(name):
+            return options.get(name, parameters[name].default)
+
+        num_groups, group_size = get("num_groups"), get("group_size")
+        cls._grouping(2 * (group_size or num_groups), num_groups, group_size, get("alpha"))
+        RegroupPolicy.full(**{name: get(name) for name in ("percentile", "cluster_features", "seed", "n_init",
+                                                             "max_iter")})
+        check_momentum(get("momentum"))
+        return dict(options)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor) -> Tensor:
@@ -162,11 +206,19 @@ class DynamicGroupNorm(nn.GroupNorm):
                 setattr(self, name, buffer.to(compute_dtype(buffer.dtype)))
         return self
 
+    # ------------------------------------------------------------------ policy
+    # Read-only views of the layer's policy, under the constructor's names.
+    percentile = property(lambda self: self.policy.percentile)
+    cluster_features = property(lambda self: self.policy.cluster_features)
+    seed = property(lambda self: self.policy.seed)
+    n_init = property(lambda self: self.policy.n_init)
+    max_iter = property(lambda self: self.policy.max_iter)
+
     # ----------------------------------------------------------------- grouping
     @property
-    def layout(self) -> GroupLayout:
+    def grouping(self) -> Grouping:
         """The grouping as sizes / offsets / channels sorted by group."""
-        return GroupLayout.from_group_ids(self.group_id, self.num_groups)
+        return Grouping.from_group_ids(self.group_id, self.num_groups)
 
     def reset_grouping(self) -> None:
         """Back to GN's contiguous grouping."""
@@ -182,24 +234,29 @@ class DynamicGroupNorm(nn.GroupNorm):
         self.group_id.copy_(group_id)
         self.group_count.copy_(group_count)
 
-    def cluster_feature_matrix(self) -> np.ndarray:
-        """Standardised [C, d] k-means features from the running statistics."""
+    def cluster_feature_matrix(self, cluster_features: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Standardised [C, d] k-means features from the running statistics (default: the policy's)."""
         stats = {
             "mean": self.channel_mean_ema.double().cpu().numpy(),
             "var": self.channel_var_ema.double().cpu().numpy(),
         }
         stats["std"] = np.sqrt(np.maximum(stats["var"], 0.0))
-        return standardize(np.stack([stats[f] for f in self.cluster_features], axis=1))
+        features = self.cluster_features if cluster_features is None else cluster_features
+        return standardize(np.stack([stats[f] for f in features], axis=1))
 
-    def regroup(self, percentile: Optional[float] = None, seed: Optional[int] = None, name: str = "") -> RegroupReport:
-        """Apply the DGN rule once (see :mod:`dgn_plugins.regroup`).
+    def regroup(self, percentile: Optional[float] = None, seed: Optional[int] = None, name: str = "",
+                policy: Optional[RegroupPolicy] = None) -> RegroupReport:
+        """Apply the DGN rule once (see :mod:`dgn_plugins.regrouping.rule`).
 
+        ``policy`` overrides the fields of the layer's policy it sets,
+        ``percentile`` then overrides that; ``seed`` is the solver's seed for
+        this regroup (default: the policy's seed plus ``num_regroups``).
         Degenerate or non-finite statistics, or a solver failure, leave the
         grouping unchanged and return a report whose ``skipped`` says why.
         """
-        percentile = self.percentile if percentile is None else percentile
+        policy = self.policy.overridden_by(policy).overridden_by(RegroupPolicy(percentile=percentile))
         if seed is None:  # a new k-means seed per regroup, reproducible on resume
-            seed = self.seed + int(self.num_regroups)
+            seed = policy.seed + int(self.num_regroups)
         reason = self._unusable_statistics()
         if reason is not None:
             warnings.warn(f"DGN regroup skipped{' for ' + name if name else ''}: {reason}", RuntimeWarning, stacklevel=2)
@@ -207,16 +264,16 @@ class DynamicGroupNorm(nn.GroupNorm):
         try:
             plan = plan_regroup(
                 self.channel_mean_ema.double().cpu().numpy(),
-                self.cluster_feature_matrix(),
+                self.cluster_feature_matrix(policy.cluster_features),
                 self.group_id.cpu().numpy(),
                 self.num_groups,
                 self.bounds,
-                percentile,
+                policy.percentile,
                 seed=seed,
-                n_init=self.n_init,
-                max_iter=self.max_iter,
+                n_init=policy.n_init,
+                max_iter=policy.max_iter,
                 name=name,
-                cluster_features=self.cluster_features,
+                cluster_features=policy.cluster_features,
             )
             self.set_group_ids(torch.from_numpy(plan.group_id))
         except Exception as error:  # keep the previous grouping, say why

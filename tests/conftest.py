@@ -1,10 +1,6 @@
 import os
-import sys
 
 import pytest
-
-# Tests import helpers from this folder (reference.py) by plain name.
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 def available_backends():

@@ -22,8 +22,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dgn_plugins.compare import ComparisonError
-from dgn_plugins.compare.coco import compare_coco, main
+from dgn_plugins.evaluation.compare import ComparisonError
+from dgn_plugins.evaluation.compare.coco import compare_coco, main
 
 REPO = Path(__file__).parent.parent
 WIDTH, HEIGHT = 160, 120

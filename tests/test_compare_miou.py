@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from dgn_plugins.compare import ComparisonError
-from dgn_plugins.compare.miou import compare_miou, main
+from dgn_plugins.evaluation.compare import ComparisonError
+from dgn_plugins.evaluation.compare.miou import compare_miou, main
 
 REPO = Path(__file__).parent.parent
 H, W = 24, 32
@@ -71,10 +71,10 @@ def torchmetrics_reference(preds, labels, num_classes, ignore_index):
 
 # ----------------------------------------------------------------- synthetic data
 
-def make_labels(rng, classes, ignore, n=len(STEMS)):
+def make_labels(rng, classes, ignore, n=None):
     """Blocky label maps with an ignored border strip."""
     maps = []
-    for _ in range(n):
+    for _ in range(len(STEMS) if n is None else n):
         label = rng.choice(classes, size=(H // 4, W // 4)).repeat(4, 0).repeat(4, 1)
         label[:, :3] = ignore
         maps.append(label.astype(np.int64))
@@ -333,7 +333,7 @@ def test_script_runs_from_the_repository_root(index_data):
 
 
 def test_single_set_report_mentions_no_delta(index_data):
-    from dgn_plugins.compare.report import render_markdown
+    from dgn_plugins.evaluation.compare.report import render_markdown
 
     d = index_data
     text = render_markdown(compare_miou(d["gt"], [("GN", d["dirs"]["GN"])], 5))
@@ -344,7 +344,7 @@ def test_single_set_report_mentions_no_delta(index_data):
 
 def test_class_names_from_a_config_or_a_dataset_name(index_data, tmp_path):
     pytest.importorskip("mmseg", reason="mmseg is not installed")
-    from dgn_plugins.compare.miou import class_names_from
+    from dgn_plugins.evaluation.compare.miou import class_names_from
 
     demo = str(Path(__file__).resolve().parent.parent / "configs" / "demo" / "fcn_tiny_gn_demo.py")
     assert class_names_from(demo) == ["others", "circle", "square", "triangle", "cross"]

@@ -2,10 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_group_ids
 from torch import nn
 
 from dgn_plugins import DynamicGroupNorm, convert_gn_to_dgn, dgn_layers
-from reference import random_group_ids
 
 
 def _resnet50_dgn():

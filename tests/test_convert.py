@@ -50,7 +50,7 @@ def test_state_dict_of_the_gn_model_loads_into_the_converted_one():
 
 
 def test_infeasible_options_name_the_module_path():
-    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.grouping import DGNOptionError
 
     model = nn.Sequential(nn.Conv2d(3, 10, 1), nn.Sequential(nn.ReLU(), nn.GroupNorm(2, 10)))
     with pytest.raises(DGNOptionError, match=r"convert_gn_to_dgn: layer 1\.1 \(GroupNorm\(2, 10\)\).*alpha"):

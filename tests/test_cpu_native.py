@@ -15,12 +15,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import group_norm_reference, random_group_ids, reference_with_grads, run_backend, saved_tensor_shapes
 
 from dgn_plugins import ops, use_backend
-from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
+from dgn_plugins.functional import dynamic_group_norm
+from dgn_plugins.grouping import default_group_ids
 from dgn_plugins.layer import DynamicGroupNorm
-from dgn_plugins.layout import default_group_ids
-from reference import group_norm_reference, random_group_ids, reference_with_grads, run_backend, saved_tensor_shapes
 
 if not ops.native_available():
     # Python words a missing submodule of a package being imported as a "circular

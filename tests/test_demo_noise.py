@@ -1,16 +1,24 @@
 """The demo's noise reading (tools/demo_noise.py) and the plain-PyTorch demo's
 several-seed table (tools/demo_core.py): the numbers and verdicts a reader sees."""
+import importlib.util
 import math
 import os
-import sys
 
 import pytest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-sys.path.insert(0, TOOLS)
+from dgn_plugins.evaluation import demo_noise
 
-import demo_core  # noqa: E402
-import demo_noise  # noqa: E402
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo_core = _load_script("demo_core")  # tools/demo_core.py, a script
 
 
 def test_spread_is_the_t_band_of_a_difference_of_two_seeds():

@@ -3,11 +3,11 @@ import io
 
 import pytest
 import torch
+from reference import random_group_ids
 from torch import nn
 
-from dgn_plugins.freeze import FrozenDynamicGroupNorm, freeze
+from dgn_plugins.inference.freeze import FrozenDynamicGroupNorm, freeze
 from dgn_plugins.layer import DynamicGroupNorm
-from reference import random_group_ids
 
 #: ONNX operators a DGN model may export to: standard ones, nothing custom.
 STANDARD_OPS = {"Add", "Conv", "Div", "MatMul", "Mul", "Reciprocal", "ReduceMean", "Relu", "Reshape", "Sqrt", "Sub",

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import group_norm_reference, random_group_ids, saved_tensor_shapes
 
 from dgn_plugins.functional import dynamic_group_norm, dynamic_group_norm_with_stats
-from dgn_plugins.layout import default_group_ids
-from reference import group_norm_reference, random_group_ids, saved_tensor_shapes
+from dgn_plugins.grouping import default_group_ids
 
 pytestmark = pytest.mark.usefixtures("backend")
 

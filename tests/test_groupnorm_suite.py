@@ -16,10 +16,10 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_group_ids
 from torch import nn
 
 from dgn_plugins import DynamicGroupNorm
-from reference import random_group_ids
 
 pytestmark = pytest.mark.usefixtures("backend")
 

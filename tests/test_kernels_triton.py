@@ -72,13 +72,13 @@ if not INTERPRETED and not ON_GPU:
 
 else:
     import torch.nn.functional as F
+    from reference import group_norm_reference, random_group_ids, run_backend
 
     from dgn_plugins import use_backend
     from dgn_plugins.functional import dynamic_group_norm
+    from dgn_plugins.grouping import default_group_ids
     from dgn_plugins.kernels import triton_dgn
     from dgn_plugins.layer import DynamicGroupNorm
-    from dgn_plugins.layout import default_group_ids
-    from reference import group_norm_reference, random_group_ids, run_backend
 
     DEVICE = "cuda" if ON_GPU else "cpu"
     #: On the GPU the dispatcher picks the Triton kernels by itself; on the CPU they are forced.

@@ -8,9 +8,13 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
-from dgn_plugins import kmeans
-from dgn_plugins.kmeans import (ConstrainedKMeansResult, constrained_assignment, inertia_of,
-                                size_constrained_kmeans)
+from dgn_plugins.regrouping.solver import (
+    ConstrainedKMeansResult,
+    constrained_assignment,
+    inertia_of,
+    kmeans,
+    size_constrained_kmeans,
+)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -233,7 +237,7 @@ def test_assignment_step_is_optimal_on_many_random_instances():
 ])
 def test_cold_start_from_coarse_prices_is_still_exact(n, k, size_min, size_max):
     """Large cold solves start from the prices of a half-size problem; the result stays optimal."""
-    from dgn_plugins.kmeans import _COARSE_MIN_POINTS
+    from dgn_plugins.regrouping.solver.transport import _COARSE_MIN_POINTS
     assert n // 2 >= _COARSE_MIN_POINTS  # the coarse path really runs
     rng = np.random.default_rng(n + k)
     X = clustered_points(n, 2, rng)

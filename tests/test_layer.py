@@ -5,11 +5,11 @@ import pickle
 
 import pytest
 import torch
+from reference import group_norm_reference
 from torch import nn
 
 from dgn_plugins import DynamicGroupNorm
-from dgn_plugins.layout import GroupBounds, default_group_ids
-from reference import group_norm_reference
+from dgn_plugins.grouping import GroupBounds, default_group_ids
 
 
 def test_is_a_group_norm_with_gn_abbreviation_and_plain_parameter_names():
@@ -161,9 +161,9 @@ def test_set_group_ids_validates_and_keeps_the_old_grouping_on_error():
     assert torch.equal(layer.group_id, before)
     layer.set_group_ids(torch.arange(16) % 4)
     assert layer.group_count.tolist() == [4, 4, 4, 4]
-    assert not layer.layout.is_contiguous_equal()
+    assert not layer.grouping.is_contiguous_equal()
     layer.reset_grouping()
-    assert layer.layout.is_contiguous_equal()
+    assert layer.grouping.is_contiguous_equal()
 
 
 def test_copies_pickles_and_moves_dtype():
@@ -178,7 +178,7 @@ def test_copies_pickles_and_moves_dtype():
 
 
 def test_infeasible_bounds_say_which_option_to_change():
-    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.grouping import DGNOptionError
 
     with pytest.raises(DGNOptionError, match=r"group_size=16, alpha=0.05.*raise alpha to >= 0\.063 \(now 0\.05\)"):
         DynamicGroupNorm(2050, group_size=16, alpha=0.05)
@@ -186,3 +186,13 @@ def test_infeasible_bounds_say_which_option_to_change():
         DynamicGroupNorm(10, num_groups=3, alpha=0.1)
     DynamicGroupNorm(2050, group_size=16, alpha=0.063)  # the advice is enough
     DynamicGroupNorm(10, num_groups=3, alpha=0.2)
+
+
+def test_check_options_validates_without_a_layer():
+    assert DynamicGroupNorm.check_options(num_groups=8, percentile=0.5) == dict(num_groups=8, percentile=0.5)
+    with pytest.raises(TypeError):
+        DynamicGroupNorm.check_options(num_group=8)  # misspelt
+    for bad in (dict(alpha=1.5), dict(momentum=0.0), dict(percentile=2.0), dict(cluster_features=("median",)),
+                dict(n_init=0)):
+        with pytest.raises(ValueError):
+            DynamicGroupNorm.check_options(**bad)

@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model
-from dgn_plugins.plots import PlotError, grouping_state, select_layers, timelines_from_checkpoints, timelines_from_records
+from dgn_plugins.evaluation.plots import (
+    PlotError,
+    grouping_state,
+    select_layers,
+    timelines_from_checkpoints,
+    timelines_from_records,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +43,7 @@ def _train_and_regroup(model, steps, generator):
         scale = torch.linspace(0.1, 3.0, 3).view(1, 3, 1, 1) * step
         model(torch.randn(8, 3, 8, 8, generator=generator) * scale + step)
         reports = regroup_model(model)
-        records.append({"step": step * 10, "group_id": {n: l.group_id.tolist() for n, l in dgn_layers(model)},
+        records.append({"step": step * 10, "group_id": {n: layer.group_id.tolist() for n, layer in dgn_layers(model)},
                         "reports": [r.as_dict() for r in reports]})
     return records
 
@@ -93,7 +99,7 @@ def test_checkpoint_variance_is_the_posters_intra_group_variance(run_dir):
 
 
 def test_groups_do_evolve_in_the_fixture(run_dir):
-    timeline = timelines_from_records([json.loads(l) for l in (run_dir / "dgn_groups.jsonl").read_text().splitlines()])["4"]
+    timeline = timelines_from_records([json.loads(line) for line in (run_dir / "dgn_groups.jsonl").read_text().splitlines()])["4"]
     assert any(not np.array_equal(timeline.group_ids[0], row) for row in timeline.group_ids[1:])
     assert np.isfinite(timeline.variance_before).all()
 
@@ -137,7 +143,7 @@ def _hue(colour):
 
 @pytest.mark.parametrize("num_groups", [8, 16, 20, 32, 64])
 def test_neighbouring_groups_get_different_hues(num_groups):
-    from dgn_plugins.plots import group_colours
+    from dgn_plugins.evaluation.plots import group_colours
 
     colours = group_colours(num_groups)
     assert len(colours) == num_groups and len(set(map(tuple, colours))) == num_groups
@@ -147,7 +153,7 @@ def test_neighbouring_groups_get_different_hues(num_groups):
 
 
 def test_sizes_are_counted_per_size_not_drawn_per_group(run_dir):
-    from dgn_plugins.plots import size_counts
+    from dgn_plugins.evaluation.plots import size_counts
 
     records = [json.loads(line) for line in (run_dir / "dgn_groups.jsonl").read_text().splitlines()]
     timeline = timelines_from_records(records)["4"]
@@ -160,7 +166,7 @@ def test_sizes_are_counted_per_size_not_drawn_per_group(run_dir):
 
 
 def test_tool_starts_record_timelines_from_gn(run_dir, tmp_path):
-    from dgn_plugins.layout import default_group_ids
+    from dgn_plugins.grouping import default_group_ids
 
     tool = _tool()
     drawn = []
@@ -175,7 +181,7 @@ def test_tool_starts_record_timelines_from_gn(run_dir, tmp_path):
 def _criterion_legend(timeline):
     from matplotlib.figure import Figure
 
-    from dgn_plugins.plots import _draw_criterion
+    from dgn_plugins.evaluation.plots import _draw_criterion
 
     ax = Figure().subplots()
     _draw_criterion(ax, timeline)

@@ -4,13 +4,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from reference import group_norm_reference
 from torch import nn
 
-import dgn_plugins.regroup as regroup_module
+import dgn_plugins.regrouping.rule as regroup_module
 from dgn_plugins import DynamicGroupNorm, regroup_model, summarize
-from dgn_plugins.layout import GroupBounds, check_group_ids, default_group_ids
-from dgn_plugins.regroup import intra_group_variance, plan_regroup, standardize, within_group_sum_of_squares
-from reference import group_norm_reference
+from dgn_plugins.grouping import GroupBounds, check_group_ids, default_group_ids
+from dgn_plugins.regrouping.rule import intra_group_variance, plan_regroup, standardize, within_group_sum_of_squares
 
 
 def _layer_with_stats(channel_mean, channel_var=None, num_groups=4, **kwargs):

@@ -10,9 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-from dgn_plugins.robustness.corruptions import (
-    CORRUPTIONS, CorruptionError, cell_seed, check_corruptions, check_severities, corrupt_batch, corrupt_image)
-from dgn_plugins.robustness.metrics import per_corruption_mean, per_severity_mean, robustness_summary
+from dgn_plugins.evaluation.robustness.corruptions import (
+    CORRUPTIONS,
+    CorruptionError,
+    cell_seed,
+    check_corruptions,
+    check_severities,
+    corrupt_batch,
+    corrupt_image,
+)
+from dgn_plugins.evaluation.robustness.metrics import per_corruption_mean, per_severity_mean, robustness_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("imagecorruptions", reason="pip install imagecorruptions-imaug==1.1.5")
@@ -90,8 +97,8 @@ class _FakeEvaluator:
 
 
 def test_sweep_evaluates_only_the_selected_cells_and_compares_gn_with_dgn():
-    from dgn_plugins.compare.report import render
-    from dgn_plugins.robustness.sweep import comparison_of, run_sweep
+    from dgn_plugins.evaluation.compare.report import render
+    from dgn_plugins.evaluation.robustness.sweep import comparison_of, run_sweep
 
     gn_eval, dgn_eval = _FakeEvaluator(), _FakeEvaluator(offset=0.02)
     gn = run_sweep(gn_eval, ["shot_noise", "fog"], [2, 4], label="GN", log=lambda _: None)
@@ -109,7 +116,7 @@ def test_sweep_evaluates_only_the_selected_cells_and_compares_gn_with_dgn():
 
 
 def test_percent_or_fraction_is_decided_by_the_metric_key():
-    from dgn_plugins.robustness.metrics import display_scale, pick_primary_metric
+    from dgn_plugins.evaluation.robustness.metrics import display_scale, pick_primary_metric
 
     assert display_scale("bbox/AP", [0.8]) == (1.0, "%")  # Detectron2: already percent, even when small
     assert display_scale("sem_seg/mIoU", [0.5]) == (1.0, "%")
@@ -173,7 +180,7 @@ def tiny_seg(tmp_path_factory):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    import dgn_plugins  # noqa: F401  (registers DGN)
+    import dgn_plugins.openmmlab  # noqa: F401  (registers DGN)
 
     init_default_scope("mmseg")
     torch.manual_seed(0)
@@ -222,8 +229,8 @@ def test_tool_sweeps_gn_and_dgn_and_writes_every_cell(tiny_seg, tmp_path, capsys
 
 def test_apply_corruption_sits_after_loading_and_is_seeded_per_image():
     pytest.importorskip("mmcv")
-    from dgn_plugins.robustness.openmmlab import insert_corruption
-    from dgn_plugins.robustness.transforms import ApplyCorruption
+    from dgn_plugins.evaluation.robustness.openmmlab import insert_corruption
+    from dgn_plugins.evaluation.robustness.transforms import ApplyCorruption
 
     dataset = dict(type="Wrapper", dataset=dict(pipeline=[dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]))
     insert_corruption(dataset, "fog", 2, seed=3)
@@ -242,7 +249,7 @@ def test_apply_corruption_sits_after_loading_and_is_seeded_per_image():
 def test_apply_corruption_corrupts_a_bgr_image_in_rgb(name):
     """The library's convention (and Detectron2's CorruptImage): BGR -> RGB, corrupt, -> BGR."""
     pytest.importorskip("mmcv")
-    from dgn_plugins.robustness.transforms import ApplyCorruption
+    from dgn_plugins.evaluation.robustness.transforms import ApplyCorruption
 
     bgr = _image(1, shape=(40, 48, 3))
     results = {"img": bgr.copy(), "img_path": "/x/a.png"}
@@ -259,7 +266,7 @@ def test_apply_corruption_corrupts_a_bgr_image_in_rgb(name):
 
 def test_apply_corruption_passes_greyscale_through_and_refuses_unknown_orders():
     pytest.importorskip("mmcv")
-    from dgn_plugins.robustness.transforms import ApplyCorruption
+    from dgn_plugins.evaluation.robustness.transforms import ApplyCorruption
 
     for shape in ((40, 48), (40, 48, 1)):
         grey = _image(2, shape=shape)
@@ -274,7 +281,7 @@ def test_insert_corruption_tells_the_transform_the_loaders_channel_order():
     pytest.importorskip("mmcv")
     from mmcv.transforms import LoadImageFromFile
 
-    from dgn_plugins.robustness.openmmlab import insert_corruption
+    from dgn_plugins.evaluation.robustness.openmmlab import insert_corruption
 
     def inserted(loader):
         dataset = dict(pipeline=[loader, dict(type="PackDetInputs")])
@@ -302,7 +309,7 @@ def test_detectron2_toolkit_without_detectron2_names_the_missing_package(tmp_pat
     # Detectron2 hidden whether or not it is installed (make test installs it): the adapter,
     # imported anew, cannot import detectron2.config. Both come back after the test.
     monkeypatch.setitem(sys.modules, "detectron2.config", None)
-    monkeypatch.delitem(sys.modules, "dgn_plugins.robustness.detectron2", raising=False)
+    monkeypatch.delitem(sys.modules, "dgn_plugins.evaluation.robustness.detectron2", raising=False)
     config = tmp_path / "mask_rcnn.yaml"
     config.write_text("MODEL:\n  MASK_ON: True\n")
     assert _tool().main([str(config), "--corruptions", "fog", "--severities", "1"]) == 2
@@ -320,7 +327,7 @@ def test_study_without_fashion_mnist_says_how_to_install_it(tmp_path):
 
 
 def test_mean_ci_uses_students_t():
-    from dgn_plugins.robustness.stats import mean_ci
+    from dgn_plugins.evaluation.robustness.stats import mean_ci
 
     mean, half_width = mean_ci([1.0, 2.0, 3.0])
     assert mean == pytest.approx(2.0) and half_width == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)  # t(0.975, 2)

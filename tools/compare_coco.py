@@ -4,14 +4,11 @@
     python tools/compare_coco.py --gt instances_val2017.json \
         --results GN=gn/results.pkl DGN=dgn/coco_instances_results.json --per-category
 
-Logic lives in ``dgn_plugins.compare.coco``; run ``--help`` for every option.
+Logic lives in ``dgn_plugins.evaluation.compare.coco``; run ``--help`` for every option.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dgn_plugins.compare.coco import main  # noqa: E402
+from dgn_plugins.evaluation.compare.coco import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,14 +5,11 @@
         --preds GN=work_dirs/gn/pred DGN=work_dirs/dgn/pred \
         --num-classes 150 --reduce-zero-label --per-class
 
-Logic lives in ``dgn_plugins.compare.miou``; run ``--help`` for every option.
+Logic lives in ``dgn_plugins.evaluation.compare.miou``; run ``--help`` for every option.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dgn_plugins.compare.miou import main  # noqa: E402
+from dgn_plugins.evaluation.compare.miou import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,15 +23,13 @@ import gc
 import math
 import os
 import os.path as osp
-import sys
 import time
+
+from dgn_plugins.evaluation import demo_noise
+from dgn_plugins.openmmlab import launcher as train_tool  # what tools/train.py runs
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(TOOLS)
-sys.path[:0] = [ROOT, TOOLS]
-
-import demo_noise  # noqa: E402  (tools/demo_noise.py)
-import train as train_tool  # noqa: E402  (tools/train.py)
 
 DETECTION = [("GN", "configs/demo/mask-rcnn_tiny_gn_demo.py"), ("DGN", "configs/demo/mask-rcnn_tiny_dgn_demo.py")]
 SEGMENTATION = [("GN", "configs/demo/fcn_tiny_gn_demo.py"), ("DGN", "configs/demo/fcn_tiny_dgn_demo.py")]
@@ -102,7 +100,7 @@ def detection_overrides(data_root: str, work_dir: str, epochs) -> dict:
 
 
 def run_detection(args) -> None:
-    from dgn_plugins.datasets.synthetic_coco import annotation_path, ensure_synthetic_coco
+    from dgn_plugins.evaluation.datasets.synthetic_coco import annotation_path, ensure_synthetic_coco
 
     data_root = ensure_synthetic_coco(args.data_root)
     metrics, predictions = {}, {}
@@ -131,10 +129,10 @@ def print_coco_comparison(gt_path: str, predictions: dict):
     """The GN-vs-DGN table of tools/compare_coco.py (COCOeval on the dumped
     predictions), returned; None when that module is not available."""
     try:
-        from dgn_plugins.compare.coco import compare_coco
-        from dgn_plugins.compare.report import render
+        from dgn_plugins.evaluation.compare.coco import compare_coco
+        from dgn_plugins.evaluation.compare.report import render
     except ImportError as error:
-        print(f"(dgn_plugins.compare unavailable: {error})")
+        print(f"(dgn_plugins.evaluation.compare unavailable: {error})")
         return None
     comparison = compare_coco(gt_path, list(predictions.items()), per_category=True)
     print("\nDetection: tiny Mask R-CNN on the generated shapes, GN vs DGN (tools/compare_coco.py)")
@@ -199,10 +197,12 @@ def segmentation_metrics(val: dict) -> dict:
 
 
 def run_core(args) -> None:
-    import demo_core  # tools/demo_core.py
+    import runpy
+
+    demo_core = runpy.run_path(osp.join(TOOLS, "demo_core.py"), run_name="demo_core")  # a script, not a module
 
     print("\n[demo] plain-PyTorch GN vs DGN (tools/demo_core.py)")
-    demo_core.main(["--work-dir", osp.join(args.work_dir, "core")])
+    demo_core["main"](["--work-dir", osp.join(args.work_dir, "core")])
 
 
 def main(argv=None) -> None:

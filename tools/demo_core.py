@@ -18,20 +18,16 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TOOLS), TOOLS]
-
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize  # noqa: E402
-from dgn_plugins.plots import plot_history  # noqa: E402
-from dgn_plugins.schedule import RegroupSchedule  # noqa: E402
-from demo_noise import interval_verdict  # noqa: E402  (tools/demo_noise.py)
+from dgn_plugins.evaluation.demo_noise import interval_verdict  # noqa: E402
+from dgn_plugins.evaluation.plots import plot_history  # noqa: E402
+from dgn_plugins.regrouping.schedule import RegroupSchedule  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -196,13 +192,13 @@ def summary_table(runs) -> str:
 
 
 def _mean_ci(values):
-    from dgn_plugins.robustness.stats import mean_ci
+    from dgn_plugins.evaluation.robustness.stats import mean_ci
 
     return mean_ci(values)
 
 
 def _initial_ids(model, layer):
-    from dgn_plugins.layout import default_group_ids
+    from dgn_plugins.grouping import default_group_ids
 
     target = dict(dgn_layers(model))[layer]
     return default_group_ids(target.num_channels, target.num_groups).tolist()

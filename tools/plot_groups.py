@@ -16,13 +16,17 @@ computed from ``channel_mean_ema``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dgn_plugins.plots import (PlotError, gn_start, plot_timelines, read_records, select_layers,  # noqa: E402
-                               timelines_from_checkpoints, timelines_from_records)
+from dgn_plugins.evaluation.plots import (  # noqa: E402
+    PlotError,
+    gn_start,
+    plot_timelines,
+    read_records,
+    select_layers,
+    timelines_from_checkpoints,
+    timelines_from_records,
+)
 
 
 def main(argv=None) -> int:

@@ -41,11 +41,14 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dgn_plugins.compare import ComparisonError  # noqa: E402
-from dgn_plugins.compare.report import add_output_arguments, comparison_to_dict, emit  # noqa: E402
-from dgn_plugins.robustness.corruptions import CORRUPTIONS, CorruptionError, check_corruptions, check_severities  # noqa: E402
+from dgn_plugins.evaluation.compare import ComparisonError  # noqa: E402
+from dgn_plugins.evaluation.compare.report import add_output_arguments, comparison_to_dict, emit  # noqa: E402
+from dgn_plugins.evaluation.robustness.corruptions import (  # noqa: E402
+    CORRUPTIONS,
+    CorruptionError,
+    check_corruptions,
+    check_severities,
+)
 
 
 def parse_models(args) -> list:
@@ -102,8 +105,8 @@ def _cfg_options(items, toolkit: str):
 
 
 def run(args) -> dict:
-    from dgn_plugins.robustness.evaluators import build_evaluator, guess_toolkit
-    from dgn_plugins.robustness.sweep import comparison_of, run_sweep
+    from dgn_plugins.evaluation.robustness.evaluators import build_evaluator, guess_toolkit
+    from dgn_plugins.evaluation.robustness.sweep import comparison_of, run_sweep
 
     corruptions, severities = check_corruptions(args.corruptions), check_severities(args.severities)
     models = parse_models(args)

@@ -4,7 +4,7 @@
 # Same data, schedule, seed.
 _base_ = './mask-rcnn_tiny_gn_demo.py'
 custom_imports = dict(
-    imports=['dgn_plugins', 'dgn_plugins.openmmlab.synthetic_coco_dataset'],
+    imports=['dgn_plugins.openmmlab', 'dgn_plugins.openmmlab.synthetic_coco_dataset'],
     allow_failed_imports=False)
 
 norm_cfg = dict(type='DGN', num_groups=8, requires_grad=True)

@@ -3,7 +3,7 @@
 # gn/mask-rcnn_r101_fpn_gn-all_3x_coco.py: only the norm type and the
 # regroup hook differ. The GN-pretrained backbone loads unchanged (same keys).
 _base_ = 'mmdet::gn/mask-rcnn_r101_fpn_gn-all_3x_coco.py'
-custom_imports = dict(imports=['dgn_plugins'], allow_failed_imports=False)
+custom_imports = dict(imports=['dgn_plugins.openmmlab'], allow_failed_imports=False)
 
 norm_cfg = dict(type='DGN', num_groups=32, requires_grad=True)
 model = dict(

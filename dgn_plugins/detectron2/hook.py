@@ -24,10 +24,8 @@ from typing import List, Optional
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from ..model import dgn_layers, regroup_model
-from ..records import RegroupRecords, regroup_record
-from ..regroup import describe_regroup, regroup_scalars
-from ..schedule import RegroupSchedule
+from ..regrouping.controller import RegroupController
+from ..regrouping.policy import RegroupPolicy
 
 __all__ = ["DGNRegroupHook", "insert_regroup_hook", "SCALAR_PREFIX"]
 
@@ -41,7 +39,8 @@ _AFTER_REGROUP = (hooks.PeriodicCheckpointer, hooks.BestCheckpointer, hooks.Eval
 
 
 class DGNRegroupHook(HookBase):
-    """Regroup every trainable DGN layer after each ``interval`` finished iterations.
+    """Regroup every trainable DGN layer after each ``interval`` finished iterations:
+    Detectron2's events translated to a :class:`~dgn_plugins.regrouping.controller.RegroupController`.
 
     Args:
         interval: regroup after iterations ``interval, 2 * interval, ...``,
@@ -57,74 +56,41 @@ class DGNRegroupHook(HookBase):
             keeping the old one beside it as ``<name>.<timestamp>.jsonl``.
     """
 
-    def __init__(
-        self,
-        interval: int = 1000,
-        *,
-        start: int = 0,
-        stop: Optional[int] = None,
-        percentile: Optional[float] = None,
-        only_trainable: bool = True,
-        log_per_layer: bool = False,
-        records_file: Optional[str] = None,
-    ) -> None:
-        self.schedule = RegroupSchedule(interval=interval, start=start, stop=stop)
-        if percentile is not None and not 0.0 <= percentile <= 1.0:
-            raise ValueError(f"percentile must lie in [0, 1], got {percentile}")
-        self.percentile = percentile
-        self.only_trainable = only_trainable
-        self.log_per_layer = log_per_layer
-        self.records_file = records_file
-        self.records: Optional[RegroupRecords] = None
-        self.regroups_done = 0
+    def __init__(self, interval: int = 1000, *, start: int = 0, stop: Optional[int] = None,
+                 percentile: Optional[float] = None, only_trainable: bool = True, log_per_layer: bool = False,
+                 records_file: Optional[str] = None) -> None:
+        self.controller = RegroupController(
+            interval, start=start, stop=stop, policy=RegroupPolicy(percentile=percentile),
+            only_trainable=only_trainable, log_per_layer=log_per_layer, records_file=records_file)
+
+    schedule = property(lambda self: self.controller.schedule)
+
+    @property
+    def regroups_done(self) -> int:
+        return self.controller.regroups_done
+
+    @regroups_done.setter
+    def regroups_done(self, value: int) -> None:
+        self.controller.regroups_done = value
 
     def before_train(self) -> None:
         # resume_or_load ran before train(): the schedule says where a resumed run stands.
-        if self.records_file is not None and comm.is_main_process():
-            self.records = RegroupRecords(self.records_file)
-            kept = self.records.start(self.schedule.last_regroup_step)
-            warning = self.records.set_aside_warning()
-            if warning is not None:
-                logger.warning(f"DGNRegroupHook: {warning}")
-            logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
-        layers = dgn_layers(self.trainer.model)
-        if not layers:
-            logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")
-            return
-        warning = self.schedule.final_step_warning(self.trainer.max_iter)
-        if warning is not None:
-            logger.warning(warning)
-        stop = f" to {self.schedule.stop}" if self.schedule.stop is not None else ""
-        logger.info(
-            f"DGNRegroupHook: {len(layers)} DGN layers, regroup every {self.schedule.interval} "
-            f"iterations from {self.schedule.start}{stop}"
-        )
+        self.controller.before_train(self.trainer.model, getattr(self.trainer, "max_iter", 0), logger,
+                                     is_main_process=comm.is_main_process())
 
     def after_step(self) -> None:
         step = self.trainer.iter + 1  # trainer.iter is the 0-based index of the step just run
-        if not self.schedule.is_due(step):
-            return
-        reports = regroup_model(self.trainer.model, only_trainable=self.only_trainable, percentile=self.percentile)
-        self.schedule.mark_done(step)
-        self.regroups_done += 1
-        self._record(step, reports)
-
-    def _record(self, step: int, reports) -> None:
-        scalars = regroup_scalars(reports, self.regroups_done)
-        self.trainer.storage.put_scalars(
-            **{SCALAR_PREFIX + key: value for key, value in scalars.items()}, smoothing_hint=False
-        )
-        logger.info(describe_regroup(reports, self.regroups_done, f"iter {step}", self.log_per_layer))
-        if self.records is not None:
-            self.records.append(regroup_record(step, self.trainer.model, reports))
+        scalars = self.controller.after_step(self.trainer.model, step, logger)
+        if scalars is not None:
+            self.trainer.storage.put_scalars(**{SCALAR_PREFIX + k: v for k, v in scalars.items()},
+                                             smoothing_hint=False)
 
     # Saved by DetectionCheckpointer through trainer.state_dict()["hooks"].
     def state_dict(self) -> dict:
-        return {"schedule": self.schedule.state_dict(), "regroups_done": self.regroups_done}
+        return self.controller.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.schedule.load_state_dict(state["schedule"])
-        self.regroups_done = int(state.get("regroups_done", 0))
+        self.controller.load_state_dict(state)
 
 
 def insert_regroup_hook(hook_list: List[Optional[HookBase]], hook: Optional[HookBase]) -> List[Optional[HookBase]]:

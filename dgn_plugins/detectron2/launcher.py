@@ -17,6 +17,7 @@ starts N processes that train with DDP over gloo.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import List, Optional
@@ -24,16 +25,18 @@ from typing import List, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, defaults, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 
 from . import lazy
 from .config import add_dgn_config
 from .data import register_datasets_of
-from .trainer import DGNTrainer, ddp_device_kwargs, setup_dgn_logger
+from .lazy import ddp_device_kwargs
+from .trainer import DGNTrainer, setup_dgn_logger
 
-__all__ = ["main", "parse_args", "setup_yacs", "setup_lazy", "is_lazy_config", "cuda_or_cpu", "lazy_dataset_names"]
+__all__ = ["main", "parse_args", "setup_yacs", "setup_lazy", "is_lazy_config", "cuda_or_cpu", "lazy_dataset_names",
+           "cpu_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,27 @@ def cuda_or_cpu(device: str, where: str) -> str:
     return device
 
 
+@contextlib.contextmanager
+def cpu_ddp():
+    """Let ``DefaultTrainer`` wrap a CPU model in DDP (several processes on CPU, gloo).
+
+    ``DefaultTrainer.__init__`` calls ``create_ddp_model(model, broadcast_buffers=False)``,
+    which passes ``device_ids=[local_rank]``: PyTorch refuses that for a CPU module.
+    Within this context ``create_ddp_model`` passes ``device_ids=None`` for CPU models
+    (as :func:`~.lazy.train` does); GPU models are untouched.
+    """
+    original = defaults.create_ddp_model
+
+    def create(model, *, fp16_compression=False, **kwargs):
+        return original(model, fp16_compression=fp16_compression, **{**ddp_device_kwargs(model), **kwargs})
+
+    defaults.create_ddp_model = create
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
+
+
 # --------------------------------------------------------------------- yacs
 def setup_yacs(args):
     """The frozen yacs config of ``args``, with Detectron2's and our logging set up."""
@@ -88,7 +112,8 @@ def run_yacs(args):
         model = DGNTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return DGNTrainer.test(cfg, model)
-    trainer = DGNTrainer(cfg)
+    with cpu_ddp():
+        trainer = DGNTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()  # only with TEST.EXPECTED_RESULTS; else the EvalHook's last results:
     return results if results is not None else getattr(trainer, "_last_eval_results", None)

@@ -31,17 +31,24 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
-from ..layout import DGNOptionError
-from ..records import RECORDS_FILE
+from ..grouping import DGNOptionError
+from ..regrouping.records import RECORDS_FILE
 from .hook import DGNRegroupHook, insert_regroup_hook
-from .trainer import ddp_device_kwargs
 
-__all__ = ["regroup_hook_from_lazy", "train", "test", "build_model"]
+__all__ = ["regroup_hook_from_lazy", "train", "test", "build_model", "ddp_device_kwargs"]
 
 logger = logging.getLogger(__name__)
 
 #: The key under ``cfg.train`` that asks for a DGNRegroupHook.
 REGROUP_KEY = "dgn_regroup"
+
+
+def ddp_device_kwargs(model) -> dict:
+    """DDP ``device_ids``: Detectron2's default (the local GPU) except for CPU models, where it must be None."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None and parameter.device.type == "cpu":
+        return {"device_ids": None}
+    return {}
 
 
 def regroup_hook_from_lazy(cfg) -> Optional[DGNRegroupHook]:

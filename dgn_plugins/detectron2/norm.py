@@ -5,23 +5,10 @@ literal built inside the function (no registry, no module-level mapping to
 extend), or calls ``norm(channels)`` when ``norm`` is callable. ResNet, FPN,
 the box/mask/semantic/RetinaNet heads all bind ``get_norm`` at import time.
 
-Options weighed:
-
-- Patch ``get_norm``: replacing the module attribute reaches only modules
-  imported afterwards (``resnet``/``fpn`` usually are imported already);
-  rebinding it in every loaded module still misses later ``from ... import``
-  copies made elsewhere, and rewriting the function's code changes a library
-  function for the whole process. Both depend on import order or internals.
-- Build with ``"GN"`` and convert afterwards (``convert_gn_to_dgn``): needs to
-  know which modules came from which ``*.NORM`` key to honour a mixed config
-  (GN backbone, DGN heads), and GN's fixed 32 groups would forbid
-  ``GROUP_SIZE`` on channel counts 32 does not divide.
-- Resolve the config (chosen): just before building, a copy of the config
-  gets, for every ``*NORM`` key whose value is ``"DGN"``, a :class:`DGNNorm`
-  callable made from ``MODEL.DGN``. Every builder then hands it to
-  ``get_norm``'s documented callable path. No Detectron2 state is touched, so
-  import order cannot matter; the user's config keeps the string, so it still
-  dumps to YAML, merges and checkpoints as before.
+The config is resolved rather than ``get_norm`` patched (why: docs/design.md):
+just before building, a copy of the config gets, for every ``*NORM`` key set
+to ``"DGN"``, a :class:`DGNNorm` callable made from ``MODEL.DGN``, which every
+builder hands to ``get_norm``'s documented callable path.
 
 The price: the model must be built through :func:`build_model` here (or
 :class:`~dgn_plugins.detectron2.DGNTrainer`, or
@@ -31,15 +18,13 @@ unknown string ``"DGN"`` and raise ``KeyError: 'DGN'``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model as _build_detectron2_model
 from torch import nn
 
 from ..errors import ConfigError
+from ..grouping import DGNOptionError
 from ..layer import DynamicGroupNorm
-from ..layout import DGNOptionError
 from .config import dgn_layer_options
 
 __all__ = ["DGN", "DGNNorm", "UnknownNormError", "accepted_norms", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]
@@ -51,58 +36,36 @@ DGN = "DGN"
 class DGNNorm:
     """A ``get_norm``-style callable: ``DGNNorm(**options)(channels)`` -> ``DynamicGroupNorm``.
 
-    A plain, picklable class rather than a lambda, so LazyConfigs can hold it
-    as ``L(DGNNorm)(num_groups=32)`` (saved as YAML, not cloudpickle) and
-    resolved yacs configs can be deep-copied. Instances are truthy and differ
-    from ``""``, which is how Detectron2's builders drop conv biases under a norm.
+    Stores ``DynamicGroupNorm``'s keyword arguments as given (as
+    ``functools.partial`` would), checked at once. A plain, picklable class
+    rather than a partial or a lambda, so LazyConfigs can hold it as
+    ``L(DGNNorm)(num_groups=32)`` (saved as YAML, not cloudpickle) and
+    resolved yacs configs can be deep-copied and compared. Instances are
+    truthy and differ from ``""``, which is how Detectron2's builders drop
+    conv biases under a norm.
+
+    Example::
+
+        >>> norm = DGNNorm(num_groups=32, percentile=0.5)
+        >>> get_norm(norm, 256)
+        DynamicGroupNorm(32, 256, ...)
     """
 
-    def __init__(
-        self,
-        num_groups: int = 32,
-        *,
-        group_size: Optional[int] = None,
-        alpha: float = 0.5,
-        percentile: float = 0.75,
-        momentum: float = 0.1,
-        cluster_features: Sequence[str] = ("mean",),
-        seed: int = 0,
-        eps: float = 1e-5,
-    ) -> None:
-        self.num_groups = num_groups
-        self.group_size = group_size
-        self.alpha = alpha
-        self.percentile = percentile
-        self.momentum = momentum
-        self.cluster_features = tuple(cluster_features)
-        self.seed = seed
-        self.eps = eps
+    def __init__(self, num_groups: int = 32, **options) -> None:
         # Check the options now, not at the first layer deep inside a builder.
-        self(2 * (group_size or num_groups))  # two groups' worth of channels
-
-    def options(self) -> dict:
-        return dict(
-            num_groups=self.num_groups,
-            group_size=self.group_size,
-            alpha=self.alpha,
-            percentile=self.percentile,
-            momentum=self.momentum,
-            cluster_features=self.cluster_features,
-            seed=self.seed,
-            eps=self.eps,
-        )
+        self.options = DynamicGroupNorm.check_options(num_groups=num_groups, **options)
 
     def __call__(self, channels: int) -> nn.Module:
-        return DynamicGroupNorm(channels, **self.options())
+        return DynamicGroupNorm(channels, **self.options)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, DGNNorm) and self.options() == other.options()
+        return isinstance(other, DGNNorm) and self.options == other.options
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.options().items())))
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.options.items())))
 
     def __repr__(self) -> str:
-        return "DGNNorm(" + ", ".join(f"{k}={v!r}" for k, v in self.options().items()) + ")"
+        return "DGNNorm(" + ", ".join(f"{k}={v!r}" for k, v in self.options.items()) + ")"
 
 
 def dgn_norm_keys(cfg: CfgNode, prefix: str = "") -> list:
@@ -235,7 +198,7 @@ def build_model(cfg: CfgNode) -> nn.Module:
     Errors name the setting to change: an unknown ``*NORM`` value raises
     :class:`UnknownNormError` (the keys and the accepted values; Detectron2's
     own is a bare ``KeyError: 'DNG'``), ``MODEL.DGN`` options a layer cannot
-    meet a :class:`~dgn_plugins.layout.DGNOptionError` with its module path.
+    meet a :class:`~dgn_plugins.grouping.DGNOptionError` with its module path.
     """
     try:
         return _build_detectron2_model(resolve_dgn_norms(cfg))

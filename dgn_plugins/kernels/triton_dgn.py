@@ -47,7 +47,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..functional import compute_dtype
-from ..layout import GroupLayout
+from ..grouping import Grouping
 
 __all__ = ["forward_kernel", "backward_kernel", "interpreting"]
 
@@ -451,14 +451,14 @@ def _backward(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], group_mean: T
 _layouts: "dict" = {}
 
 
-def _layout(group_id: Tensor, num_groups: int) -> GroupLayout:
+def _layout(group_id: Tensor, num_groups: int) -> Grouping:
     """Channels sorted by group and offsets, cached per grouping (a regroup writes group_id in place)."""
     key = (group_id.device, group_id.data_ptr(), group_id._version, num_groups)
     layout = _layouts.get(key)
     if layout is None:
         if len(_layouts) > 4096:  # groupings of layers long gone
             _layouts.clear()
-        layout = _layouts[key] = GroupLayout.from_group_ids(group_id, num_groups)
+        layout = _layouts[key] = Grouping.from_group_ids(group_id, num_groups)
     return layout
 
 

@@ -1,23 +1,24 @@
 """OpenMMLab adapters: registry entries, the regroup hook, ImageNet-S support.
 
-Imported by ``dgn_plugins`` when MMEngine is installed. ``DGN`` and
-``DGNRegroupHook`` go into MMEngine's root registries, so both the ``mmdet``
-and ``mmseg`` default scopes find them; the ImageNet-S dataset, transforms and
-metric only make sense in MMSegmentation and register there, when it is
-installed. Importing also allow-lists the types MMEngine writes into
-checkpoints, so ``--resume`` works with ``torch.load(weights_only=True)``, and
-teaches mmcv's FLOPs counter the DGN layers.
+Importing it (a config's ``custom_imports=dict(imports=['dgn_plugins.openmmlab'])``)
+registers ``DGN`` and ``DGNRegroupHook`` in MMEngine's root registries, so both
+the ``mmdet`` and ``mmseg`` default scopes find them; the ImageNet-S dataset,
+transforms and metric only make sense in MMSegmentation and register there,
+when it is installed. Loading MMEngine's training checkpoints with
+``torch.load(weights_only=True)`` (``--resume``) needs
+:func:`allow_checkpoint_types`, a process-wide allow-list that launchers call
+explicitly (``tools/train.py`` does). Importing also teaches mmcv's FLOPs counter
+the DGN layers (registration, like the registries).
 """
 from importlib.util import find_spec
 
-from . import checkpoint
+from .checkpoint import allow_mmengine_checkpoint_types as allow_checkpoint_types
 from .flops import register_flops_counter
 from .hook import DGNRegroupHook
 from .norm_check import UnknownNormTypeError, check_norm_types
 from .registry import register_all
 
 register_all()
-checkpoint.allow_mmengine_checkpoint_types()
 register_flops_counter()
 
 # ImageNet-S lives in its own module (another adapter); a missing mmseg or a
@@ -25,4 +26,4 @@ register_flops_counter()
 if find_spec("mmseg") is not None and find_spec(f"{__name__}.imagenet_s") is not None:
     from . import imagenet_s  # noqa: F401
 
-__all__ = ["DGNRegroupHook", "UnknownNormTypeError", "check_norm_types", "register_all"]
+__all__ = ["DGNRegroupHook", "allow_checkpoint_types", "UnknownNormTypeError", "check_norm_types", "register_all"]

@@ -13,7 +13,7 @@ one record per regroup to ``<work_dir>/dgn_groups.jsonl`` (for
 """
 from __future__ import annotations
 
-import os
+from dataclasses import fields
 from typing import Optional
 
 from mmengine.dist import is_main_process
@@ -21,61 +21,37 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseAveragedModel, is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
-from ..layer import DynamicGroupNorm
-from ..model import dgn_layers, regroup_model
-from ..records import RECORDS_FILE, RegroupRecords, regroup_record
-from ..regroup import describe_regroup, regroup_scalars
-from ..schedule import RegroupSchedule
+from ..regrouping.controller import STATISTICS_OPTIONS, RegroupController
+from ..regrouping.model import follow_groupings
+from ..regrouping.policy import RegroupPolicy
+from ..regrouping.records import RECORDS_FILE
 
-__all__ = ["DGNRegroupHook", "RUNTIME_DGN_OPTIONS", "follow_groupings"]
-
-#: DGN layer options the hook may change on a built model. The others
-#: (``num_groups``, ``group_size``, ``alpha``, ``eps``, ``affine``) decide the
-#: layout bounds and checkpoint shapes, so they belong in ``norm_cfg``.
-RUNTIME_DGN_OPTIONS = ("momentum", "track_channel_stats", "cluster_features", "seed", "n_init", "max_iter")
+__all__ = ["DGNRegroupHook", "follow_groupings"]
 
 #: Totals pushed to the message hub; the ``train/`` prefix is what
 #: ``LogProcessor`` collects for the text log, the json log and vis backends.
 SCALAR_PREFIX = "train/dgn_"
 
+#: The regroup policy's fields besides ``percentile`` (an argument of its own).
+_POLICY_OPTIONS = tuple(f.name for f in fields(RegroupPolicy) if f.name != "percentile")
 
-def _check_runtime_options(options: dict) -> dict:
-    unsupported = sorted(set(options) - set(RUNTIME_DGN_OPTIONS))
+
+def _split_options(options: dict):
+    """The hook's DGN keyword arguments as (regroup policy fields, running-statistics options)."""
+    unsupported = sorted(set(options) - set(_POLICY_OPTIONS) - set(STATISTICS_OPTIONS))
     if unsupported:
         raise TypeError(
             f"DGNRegroupHook got unsupported DGN option(s) {unsupported}; the hook can change "
-            f"{list(RUNTIME_DGN_OPTIONS)} and 'percentile'. Set layout options such as "
+            f"{list(STATISTICS_OPTIONS + _POLICY_OPTIONS)} and 'percentile'. Set layout options such as "
             f"num_groups/group_size/alpha in norm_cfg=dict(type='DGN', ...)."
         )
-    DynamicGroupNorm(4, num_groups=2, **options)  # same validation as the layer's
-    if "cluster_features" in options:
-        options = dict(options, cluster_features=tuple(options["cluster_features"]))
-    return options
-
-
-def follow_groupings(target, source) -> int:
-    """Give ``target``'s DGN layers the groupings of ``source``'s (matched by name).
-
-    An averaged copy of the model (``EMAHook``) must normalise with the same
-    groups as the model it averages; mmengine copies integer buffers only when
-    ``update_buffers=False`` and then only at its next update. Returns the
-    number of layers that changed.
-    """
-    source_layers = dict(dgn_layers(source))
-    changed = 0
-    for name, layer in dgn_layers(target):
-        origin = source_layers.get(name)
-        if origin is None or layer.num_channels != origin.num_channels:
-            continue
-        if not layer.group_id.equal(origin.group_id.to(layer.group_id.device)):
-            layer.set_group_ids(origin.group_id)
-            changed += 1
-        layer.num_regroups.copy_(origin.num_regroups)
-    return changed
+    policy = {k: v for k, v in options.items() if k in _POLICY_OPTIONS}
+    return policy, {k: v for k, v in options.items() if k in STATISTICS_OPTIONS}
 
 
 class DGNRegroupHook(Hook):
-    """Regroup DGN layers every ``interval`` iterations (or epochs).
+    """Regroup DGN layers every ``interval`` iterations (or epochs): MMEngine's events
+    translated to a :class:`~dgn_plugins.regrouping.controller.RegroupController`.
 
     Args:
         interval: regroup after every ``interval`` finished iterations
@@ -97,8 +73,9 @@ class DGNRegroupHook(Hook):
             run keeps the records up to its checkpoint and appends; a run from
             scratch starts the file anew, keeping the old one beside it as
             ``<name>.<timestamp>.jsonl`` (logged as a warning).
-        **dgn_options: runtime DGN options applied to every layer before
-            training, see :data:`RUNTIME_DGN_OPTIONS`.
+        **dgn_options: ``cluster_features``, ``seed``, ``n_init``, ``max_iter``
+            override the layers' regroup policy (:class:`~dgn_plugins.regrouping.policy.RegroupPolicy`);
+            ``momentum``, ``track_channel_stats`` are set on every layer before training.
     """
 
     # After the model step, before EMAHook (NORMAL) copies buffers, LoggerHook
@@ -107,111 +84,55 @@ class DGNRegroupHook(Hook):
 
     checkpoint_key = "dgn_regroup_hook"
 
-    def __init__(
-        self,
-        interval: int = 1000,
-        by_epoch: bool = False,
-        start: int = 0,
-        stop: Optional[int] = None,
-        percentile: Optional[float] = None,
-        only_trainable: bool = True,
-        log_per_layer: bool = True,
-        records_file: Optional[str] = RECORDS_FILE,
-        **dgn_options,
-    ) -> None:
-        self.schedule = RegroupSchedule(interval=interval, start=start, stop=stop)
+    def __init__(self, interval: int = 1000, by_epoch: bool = False, start: int = 0, stop: Optional[int] = None,
+                 percentile: Optional[float] = None, only_trainable: bool = True, log_per_layer: bool = True,
+                 records_file: Optional[str] = RECORDS_FILE, **dgn_options) -> None:
+        policy, statistics = _split_options(dgn_options)
         self.by_epoch = by_epoch
-        if percentile is not None and not 0.0 <= percentile <= 1.0:
-            raise ValueError(f"percentile must lie in [0, 1], got {percentile}")
-        self.percentile = percentile
-        self.only_trainable = only_trainable
-        self.log_per_layer = log_per_layer
-        self.dgn_options = _check_runtime_options(dgn_options)
-        self.records_file = records_file
-        self.records: Optional[RegroupRecords] = None
-        self.regroups_done = 0
+        self.controller = RegroupController(
+            interval, start=start, stop=stop, policy=RegroupPolicy(percentile=percentile, **policy),
+            only_trainable=only_trainable, log_per_layer=log_per_layer, records_file=records_file,
+            unit="epoch" if by_epoch else "iteration", statistics=statistics)
 
-    # ------------------------------------------------------------------ set-up
+    schedule = property(lambda self: self.controller.schedule)
+    policy = property(lambda self: self.controller.policy)
+    regroups_done = property(lambda self: self.controller.regroups_done)
+
     def before_train(self, runner) -> None:
-        layers = dgn_layers(runner.model)
-        if not layers:
-            runner.logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")
-        for _, layer in layers:
-            for option, value in self.dgn_options.items():
-                setattr(layer, option, value)
         if self.by_epoch and isinstance(runner.train_loop, IterBasedTrainLoop):
             runner.logger.warning(
                 "DGNRegroupHook(by_epoch=True) with an iteration-based loop: epoch hooks run once per run, "
                 "so at most one regroup happens. Use by_epoch=False."
             )
-        self._start_records(runner)
         total = runner.max_epochs if self.by_epoch else runner.max_iters
-        warning = self.schedule.final_step_warning(total, self._unit)
-        if warning is not None:
-            runner.logger.warning(warning)
-        runner.logger.info(
-            f"DGNRegroupHook: {len(layers)} DGN layers, regroup every {self.schedule.interval} "
-            f"{self._unit} from {self.schedule.start}"
-            + (f" to {self.schedule.stop}" if self.schedule.stop is not None else "")
-        )
+        self.controller.before_train(runner.model, total, runner.logger, is_main_process=is_main_process(),
+                                     work_dir=runner.work_dir)
 
-    def _start_records(self, runner) -> None:
-        # before_train runs after the checkpoint is loaded: the schedule says where a resumed run stands.
-        if self.records_file is None or not is_main_process():
-            return
-        self.records = RegroupRecords(os.path.join(runner.work_dir, self.records_file))
-        kept = self.records.start(self.schedule.last_regroup_step)
-        warning = self.records.set_aside_warning()
-        if warning is not None:
-            runner.logger.warning(f"DGNRegroupHook: {warning}")
-        runner.logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
-
-    @property
-    def _unit(self) -> str:
-        return "epochs" if self.by_epoch else "iterations"
-
-    # ---------------------------------------------------------------- schedule
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not self.by_epoch:
-            self._regroup_if_due(runner, runner.iter + 1)  # runner.iter counts from 0
+            self._after_step(runner, runner.iter + 1)  # runner.iter counts from 0
 
     def after_train_epoch(self, runner) -> None:
         if self.by_epoch:
-            self._regroup_if_due(runner, runner.epoch + 1)
+            self._after_step(runner, runner.epoch + 1)
 
-    def _regroup_if_due(self, runner, step: int) -> None:
-        if not self.schedule.is_due(step):
+    def _after_step(self, runner, step: int) -> None:
+        scalars = self.controller.after_step(runner.model, step, runner.logger)
+        if scalars is None:
             return
-        reports = regroup_model(runner.model, only_trainable=self.only_trainable, percentile=self.percentile)
-        self.schedule.mark_done(step)
-        self.regroups_done += 1
-        self._update_averaged_models(runner)
-        self._log(runner, step, reports)
-        if self.records is not None:
-            self.records.append(regroup_record(step, runner.model, reports))
-
-    def _update_averaged_models(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        for hook in runner.hooks:
+        for hook in runner.hooks:  # EMAHook's averaged model normalises with the same groups
             averaged = getattr(hook, "ema_model", None)
             if isinstance(averaged, BaseAveragedModel):
                 follow_groupings(averaged.module, model)
-
-    # ----------------------------------------------------------------- logging
-    def _log(self, runner, step: int, reports) -> None:
-        unit = "epoch" if self.by_epoch else "iter"
-        runner.logger.info(describe_regroup(reports, self.regroups_done, f"{unit} {step}", self.log_per_layer))
-        for key, value in regroup_scalars(reports, self.regroups_done).items():
+        for key, value in scalars.items():
             runner.message_hub.update_scalar(SCALAR_PREFIX + key, value)
 
-    # ------------------------------------------------------------- checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint[self.checkpoint_key] = dict(schedule=self.schedule.state_dict(), regroups_done=self.regroups_done)
+        checkpoint[self.checkpoint_key] = self.controller.state_dict()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         # Only a resumed run continues the calendar; ``load_from`` starts anew.
         state = checkpoint.get(self.checkpoint_key)
-        if state is None or not getattr(runner, "_resume", False):
-            return
-        self.schedule.load_state_dict(state["schedule"])
-        self.regroups_done = int(state.get("regroups_done", 0))
+        if state is not None and getattr(runner, "_resume", False):
+            self.controller.load_state_dict(state)

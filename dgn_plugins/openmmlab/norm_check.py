@@ -20,7 +20,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import ConfigError
 
-__all__ = ["UnknownNormTypeError", "iter_norm_cfgs", "check_norm_types", "registered_norm_types", "build_norm_layer"]
+__all__ = ["UnknownNormTypeError", "iter_norm_cfgs", "check_norm_types", "registered_norm_types"]
 
 _NORM_BASES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -79,7 +79,7 @@ def _unknown_type_message(norm_type: str, places: Sequence[str], scope_name: str
         close = difflib.get_close_matches(norm_type, others, n=3, cutoff=0.6)
     where = f" in {places[0]}" + (f" (and {len(places) - 1} more places)" if len(places) > 1 else "") if places else ""
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    dgn = "" if "DGN" in known else " ('DGN' is registered by `import dgn_plugins`.)"
+    dgn = "" if "DGN" in known else " ('DGN' is registered by `import dgn_plugins.openmmlab`.)"
     return (
         f"Unknown norm type {norm_type!r}{where}: not registered in MODELS under scope {scope_name!r}."
         f"{hint} Registered norm layers: {', '.join(known)}.{dgn}"
@@ -104,18 +104,6 @@ def check_norm_types(cfg, scope: Optional[str] = None) -> None:
     if unknown:
         norm_type, places = next(iter(unknown.items()))
         raise UnknownNormTypeError(_unknown_type_message(norm_type, places, scope_name, scope))
-
-
-def build_norm_layer(cfg: Mapping, num_features: int, postfix="") -> Tuple[str, nn.Module]:
-    """``mmcv.cnn.build_norm_layer`` whose unknown-type error names the type."""
-    from mmcv.cnn import build_norm_layer as mmcv_build_norm_layer
-
-    norm_type = cfg.get("type") if isinstance(cfg, Mapping) else None
-    if isinstance(norm_type, str):
-        found, scope_name = _lookup(norm_type, None)
-        if found is None:
-            raise UnknownNormTypeError(_unknown_type_message(norm_type, [], scope_name, None))
-    return mmcv_build_norm_layer(cfg, num_features, postfix)
 
 
 def dgn_norm_cfg_paths(cfg) -> List[str]:

@@ -3,7 +3,7 @@
 Root registration lets both the ``mmdet`` and ``mmseg`` default scopes find
 ``type='DGN'`` and ``type='DGNRegroupHook'``: child registries fall back to
 the root, never to siblings. ``force=True`` keeps re-imports (e.g. a config's
-``custom_imports`` after ``import dgn_plugins``) harmless.
+``custom_imports`` after ``import dgn_plugins.openmmlab``) harmless.
 """
 from mmengine.registry import HOOKS, MODELS
 

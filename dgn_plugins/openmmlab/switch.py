@@ -15,19 +15,22 @@ a shipped DGN config (``configs/mmdet/*dgn*.py``) does in a file:
 """
 from __future__ import annotations
 
+import inspect
 from typing import List, Mapping, Optional, Tuple
 
-from ..convert import convert_gn_to_dgn
-from ..layout import DGNOptionError
-from ..model import dgn_layers
+from ..grouping import DGNOptionError
+from ..inference.convert import convert_gn_to_dgn
+from ..layer import DynamicGroupNorm
+from ..regrouping.model import dgn_layers
 from .norm_check import iter_norm_cfgs
 
 __all__ = ["LAYER_OPTIONS", "check_layer_options", "gn_norm_cfgs_to_dgn", "converting_runner_class",
            "last_lr_step", "default_stop"]
 
-#: ``--dgn-options`` keys: DynamicGroupNorm's options (the hook's are --dgn-interval/--dgn-stop).
-LAYER_OPTIONS = ("num_groups", "group_size", "alpha", "percentile", "momentum", "track_channel_stats",
-                 "cluster_features", "seed", "n_init", "max_iter", "eps")
+#: ``--dgn-options`` keys: DynamicGroupNorm's keyword arguments, read from its signature
+#: (the hook's are --dgn-interval/--dgn-stop).
+LAYER_OPTIONS = tuple(name for name in inspect.signature(DynamicGroupNorm).parameters
+                      if name not in ("num_channels", "affine", "device", "dtype", "bias"))
 
 _STEP_SCHEDULERS = ("MultiStepLR", "MultiStepParamScheduler", "StepLR", "StepParamScheduler")
 

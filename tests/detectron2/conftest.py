@@ -8,11 +8,8 @@ module that skips anyway is reported as failed.
 """
 import importlib
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # d2_support
 
 REQUIRED = os.environ.get("DGN_REQUIRE_DETECTRON2", "0").strip() not in ("", "0")
 
@@ -80,8 +77,8 @@ def synthetic_coco_root(tmp_path_factory):
     ``DGN_SYNTHETIC_COCO`` points at it while the session runs, so launcher
     processes register the same files.
     """
-    from dgn_plugins.datasets.synthetic_coco import SyntheticCocoSpec
     from dgn_plugins.detectron2 import register_synthetic_coco
+    from dgn_plugins.evaluation.datasets.synthetic_coco import SyntheticCocoSpec
 
     root = str(tmp_path_factory.mktemp("d2data") / "synthetic_coco")
     spec = SyntheticCocoSpec(

@@ -114,7 +114,7 @@ def test_lazy_config_trains_and_evaluates_through_the_launcher(synthetic_coco_ro
 
 def test_infeasible_dgn_norm_options_name_the_layer_and_the_slot(example):
     from dgn_plugins.detectron2 import lazy
-    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.grouping import DGNOptionError
 
     cfg = LazyConfig.load(EXAMPLE)
     cfg.model.backbone.norm.group_size = 5  # FPN: 256 channels cannot form 51 groups of 4 to 5

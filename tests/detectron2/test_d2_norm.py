@@ -294,7 +294,7 @@ def test_norm_typo_names_the_key_and_the_accepted_values():
 
 
 def test_infeasible_options_name_the_layer_and_the_config_key():
-    from dgn_plugins.layout import DGNOptionError
+    from dgn_plugins.grouping import DGNOptionError
 
     cfg = load_cfg(DEMO_DGN, ["MODEL.DGN.GROUP_SIZE", "5", "MODEL.DGN.ALPHA", "0.05"])
     with pytest.raises(DGNOptionError) as info:

@@ -15,15 +15,17 @@ pytest.importorskip("detectron2.config", reason="Detectron2 is not installed (bu
 pytest.importorskip("imagecorruptions", reason="pip install imagecorruptions-imaug==1.1.5")
 
 import torch  # noqa: E402
-from d2_support import TINY_LAZY, ROOT, config_path, detectron2_configs_dir, load_cfg, tiny_train_opts  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.data import detection_utils  # noqa: E402
+from d2_support import ROOT, TINY_LAZY, config_path, detectron2_configs_dir, load_cfg, tiny_train_opts  # noqa: E402
+from detectron2.data import (
+    DatasetCatalog,  # noqa: E402
+    detection_utils,  # noqa: E402
+)
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.dataset_mapper import DatasetMapper  # noqa: E402
 
 from dgn_plugins.detectron2 import DGNTrainer, launcher  # noqa: E402
-from dgn_plugins.robustness.corruptions import cell_seed, corrupt_image  # noqa: E402
-from dgn_plugins.robustness.detectron2 import CorruptingMapper, Detectron2Evaluator  # noqa: E402
+from dgn_plugins.evaluation.robustness.corruptions import cell_seed, corrupt_image  # noqa: E402
+from dgn_plugins.evaluation.robustness.detectron2 import CorruptingMapper, Detectron2Evaluator  # noqa: E402
 
 VAL = "dgn_synthetic_coco_val"
 
@@ -173,7 +175,7 @@ def test_both_toolkits_corrupt_an_image_file_into_the_same_pixels(colour_images,
     mmcv = pytest.importorskip("mmcv", reason="the OpenMMLab side needs mmcv and mmengine")
     from mmcv.transforms import Compose
 
-    from dgn_plugins.robustness.openmmlab import insert_corruption
+    from dgn_plugins.evaluation.robustness.openmmlab import insert_corruption
 
     path = colour_images[ext]
     dataset = dict(pipeline=[dict(type="LoadImageFromFile")])

@@ -12,9 +12,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mmdet_helpers import DEMO_DGN, import_train_tool, tiny_run_cfg  # noqa: E402
+from mmdet_helpers import DEMO_DGN, import_train_tool, tiny_run_cfg  # a script's folder is on sys.path
 
 
 def main(work_dir, data_root):

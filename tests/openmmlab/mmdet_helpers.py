@@ -6,7 +6,6 @@ Not a conftest: test modules import it by name (pytest puts this folder on
 ``sys.path``), which two conftest.py files would make ambiguous.
 """
 import os
-import sys
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,12 +27,10 @@ TINY_SPEC = dict(num_train=4, num_val=2, image_size=64, max_objects=2, min_objec
 
 
 def import_train_tool():
-    """tools/train.py as a module."""
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)
-    import train
+    """What tools/train.py runs: :mod:`dgn_plugins.openmmlab.launcher`."""
+    from dgn_plugins.openmmlab import launcher
 
-    return train
+    return launcher
 
 
 def tiny_dataset(data_root, split="train"):

@@ -1,18 +1,21 @@
 """tools/demo.py's noise lines: the recorded seed-to-seed spread (bench/demo_spread.json)
 must apply to the demo configs as they are, and the demo must print it next to its
 differences, or say why it cannot."""
+import importlib.util
 import inspect
 import os
 
 import pytest
-from mmdet_helpers import ROOT, import_train_tool
+from mmdet_helpers import ROOT, TOOLS
 
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 pytest.importorskip("mmseg", reason="mmseg is not installed")
 
-import_train_tool()  # puts tools/ on sys.path
-import demo  # noqa: E402  (tools/demo.py)
-import demo_noise  # noqa: E402
+from dgn_plugins.evaluation import demo_noise  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("demo", os.path.join(TOOLS, "demo.py"))
+demo = importlib.util.module_from_spec(_spec)  # tools/demo.py, a script
+_spec.loader.exec_module(demo)
 
 PAIRS = {"detection": demo.DETECTION, "segmentation": demo.SEGMENTATION}
 
@@ -105,7 +108,7 @@ def test_fingerprint_follows_the_config_and_the_dgn_defaults(tmp_path):
 
 
 def test_comparison_metrics_are_keyed_like_the_record():
-    from dgn_plugins.compare.report import Comparison
+    from dgn_plugins.evaluation.compare.report import Comparison
 
     comparison = Comparison(labels=["GN", "DGN"])
     comparison.add_section("bbox", ["AP", "AP50"], {"GN": [30.0, 50.0], "DGN": [31.0, 49.0]})

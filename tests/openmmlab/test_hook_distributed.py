@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dgn_plugins.layout import default_group_ids
+from dgn_plugins.grouping import default_group_ids
 
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 

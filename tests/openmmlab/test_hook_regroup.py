@@ -12,7 +12,7 @@ pytest.importorskip("mmdet", reason="mmdet is not installed")
 from mmengine.hooks import EMAHook  # noqa: E402
 
 from dgn_plugins import dgn_layers  # noqa: E402
-from dgn_plugins.layout import default_group_ids  # noqa: E402
+from dgn_plugins.grouping import default_group_ids  # noqa: E402
 from dgn_plugins.openmmlab import DGNRegroupHook  # noqa: E402
 
 
@@ -51,7 +51,9 @@ def test_schedule_start_stop_and_runtime_options(train_tool, tiny_coco, tmp_path
     layers = dgn_layers(runner.model)
     for _, layer in layers:
         assert int(layer.num_regroups) == 2
-        assert layer.momentum == 0.3 and layer.n_init == 2
+        assert layer.momentum == 0.3  # a running-statistics option: set on the layers
+        assert layer.n_init == "auto"  # a policy option: the hook's policy overrides it, the layer keeps its own
+    assert hook.policy.n_init == 2 and hook.policy.percentile == 0.5
     # percentile 0.5 (not the layers' 0.75): half of each layer's 8 groups dissolve
     assert runner.message_hub.get_scalar("train/dgn_groups_dissolved").current() == 4 * len(layers)
 

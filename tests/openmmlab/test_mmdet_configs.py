@@ -24,7 +24,7 @@ from mmengine.config import Config, ConfigDict  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from torch import nn  # noqa: E402
 
-import dgn_plugins  # noqa: E402,F401
+import dgn_plugins.openmmlab  # noqa: E402,F401
 from dgn_plugins import DynamicGroupNorm  # noqa: E402
 
 MMDET_CONFIGS = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs")
@@ -66,7 +66,7 @@ def test_twin_differs_from_its_gn_config_only_by_dgn(config):
     dgn_cfg = _without_scope(Config.fromfile(config).to_dict())
     gn_cfg = _without_scope(Config.fromfile(os.path.join(MMDET_CONFIGS, "gn", gn_name)).to_dict())
     differences = {path: (old, new) for path, old, new in _diff(dgn_cfg, gn_cfg)}
-    assert differences.pop("custom_imports") == (None, dict(imports=["dgn_plugins"], allow_failed_imports=False))
+    assert differences.pop("custom_imports") == (None, dict(imports=["dgn_plugins.openmmlab"], allow_failed_imports=False))
     hooks = differences.pop("custom_hooks")[1]
     assert [h["type"] for h in hooks] == ["DGNRegroupHook"]
     assert differences == {

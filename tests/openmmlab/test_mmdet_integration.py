@@ -11,7 +11,7 @@ from mmengine.registry import DefaultScope  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dgn_plugins import DynamicGroupNorm, dgn_layers  # noqa: E402
-from dgn_plugins.layout import default_group_ids  # noqa: E402
+from dgn_plugins.grouping import default_group_ids  # noqa: E402
 
 
 def build_model(model_cfg):

@@ -7,7 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from dgn_plugins.datasets.synthetic_coco import CLASSES, SyntheticCocoSpec, annotation_path, generate_synthetic_coco
+from dgn_plugins.evaluation.datasets.synthetic_coco import (
+    CLASSES,
+    SyntheticCocoSpec,
+    annotation_path,
+    generate_synthetic_coco,
+)
 
 SPEC = SyntheticCocoSpec(num_train=6, num_val=3, image_size=80, seed=5)
 
@@ -56,8 +61,8 @@ def test_ground_truth_scores_ap_one(tmp_path):
 def test_mmdet_dataset_generates_on_first_use_and_loads_masks(tmp_path):
     pytest.importorskip("mmdet", reason="mmdet is not installed")
     from mmdet.registry import DATASETS
-    from mmengine.registry import DefaultScope
     from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
 
     import dgn_plugins.openmmlab.synthetic_coco_dataset  # noqa: F401
 

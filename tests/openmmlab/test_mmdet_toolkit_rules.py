@@ -12,7 +12,6 @@ from torch import nn  # noqa: E402
 from dgn_plugins import DynamicGroupNorm, regroup_model  # noqa: E402
 from dgn_plugins.openmmlab.norm_check import (  # noqa: E402
     UnknownNormTypeError,
-    build_norm_layer,
     check_norm_types,
     registered_norm_types,
 )
@@ -151,8 +150,8 @@ def test_unknown_norm_type_is_named():
     with pytest.raises(KeyError, match="Cannot find None"):  # mmcv's own message: why we check
         mmcv_build_norm_layer(dict(type="DGNN"), 16)
     with pytest.raises(UnknownNormTypeError, match="'DGNN'.*Did you mean 'DGN'"):
-        build_norm_layer(dict(type="DGNN"), 16)
-    assert build_norm_layer(dict(type="DGN", num_groups=4), 16)[0] == "gn"
+        check_norm_types(dict(model=dict(norm_cfg=dict(type="DGNN"))))
+    check_norm_types(dict(model=dict(norm_cfg=dict(type="DGN", num_groups=4))))
 
     cfg = dict(
         type="MaskRCNN",

@@ -74,7 +74,7 @@ def test_tool_sweeps_trained_gn_and_dgn_detectors(trained, tmp_path):
 
 
 def test_a_cell_without_detections_scores_zero_and_a_clean_set_without_any_is_refused(trained, tmp_path, caplog):
-    from dgn_plugins.robustness.openmmlab import OpenMMLabEvaluator
+    from dgn_plugins.evaluation.robustness.openmmlab import OpenMMLabEvaluator
 
     config, checkpoint = trained["GN"]
     evaluator = OpenMMLabEvaluator(config, checkpoint, str(tmp_path / "work"))
@@ -82,7 +82,7 @@ def test_a_cell_without_detections_scores_zero_and_a_clean_set_without_any_is_re
     assert clean["coco/bbox_mAP_m"] == -1.0  # the tiny set's objects are all small
     # a score threshold no box passes: CocoMetric returns no metrics, as when a corruption blinds the model
     evaluator.runner.model.roi_head.test_cfg.score_thr = 1.01
-    with caplog.at_level("WARNING", logger="dgn_plugins.robustness.openmmlab"):
+    with caplog.at_level("WARNING", logger="dgn_plugins.evaluation.robustness.openmmlab"):
         blind = evaluator.evaluate("fog", 5)
     assert "fog 5: the model detected nothing" in caplog.text
     assert set(blind) == set(clean) and blind["coco/bbox_mAP"] == 0.0 and blind["coco/bbox_mAP_m"] == -1.0

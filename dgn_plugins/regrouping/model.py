@@ -1,15 +1,16 @@
 """Model-level operations: find DGN layers, regroup them all."""
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from torch import nn
 
+from ..layer import DynamicGroupNorm
 from .distributed import average_channel_stats, broadcast_groupings
-from .layer import DynamicGroupNorm
-from .regroup import RegroupReport
+from .policy import RegroupPolicy
+from .rule import RegroupReport
 
-__all__ = ["dgn_layers", "is_trainable", "regroup_model"]
+__all__ = ["dgn_layers", "is_trainable", "regroup_model", "follow_groupings"]
 
 
 def _clean_name(name: str) -> str:
@@ -39,10 +40,13 @@ def regroup_model(
     *,
     only_trainable: bool = True,
     percentile: Optional[float] = None,
-    layer_filter: Optional[Callable[[str, DynamicGroupNorm], bool]] = None,
+    policy: Optional[RegroupPolicy] = None,
     sync: bool = True,
 ) -> List[RegroupReport]:
     """Regroup every (trainable) DGN layer of ``model``; one report per layer.
+
+    ``policy`` overrides, for every layer, the fields of the layer's own
+    policy it sets; ``percentile`` is a shortcut for ``policy.percentile``.
 
     With ``torch.distributed`` initialised and ``sync``, ranks first average
     their running statistics and end with rank 0's groupings, so all ranks
@@ -51,11 +55,32 @@ def regroup_model(
     layers = [
         (name, layer)
         for name, layer in dgn_layers(model)
-        if (not only_trainable or is_trainable(layer)) and (layer_filter is None or layer_filter(name, layer))
+        if not only_trainable or is_trainable(layer)
     ]
     if sync:
         average_channel_stats(layer for _, layer in layers)
-    reports = [layer.regroup(percentile=percentile, name=name) for name, layer in layers]
+    reports = [layer.regroup(percentile=percentile, name=name, policy=policy) for name, layer in layers]
     if sync:
         broadcast_groupings(layer for _, layer in layers)
     return reports
+
+
+def follow_groupings(target, source) -> int:
+    """Give ``target``'s DGN layers the groupings of ``source``'s (matched by name).
+
+    An averaged copy of the model (``EMAHook``) must normalise with the same
+    groups as the model it averages; mmengine copies integer buffers only when
+    ``update_buffers=False`` and then only at its next update. Returns the
+    number of layers that changed.
+    """
+    source_layers = dict(dgn_layers(source))
+    changed = 0
+    for name, layer in dgn_layers(target):
+        origin = source_layers.get(name)
+        if origin is None or layer.num_channels != origin.num_channels:
+            continue
+        if not layer.group_id.equal(origin.group_id.to(layer.group_id.device)):
+            layer.set_group_ids(origin.group_id)
+            changed += 1
+        layer.num_regroups.copy_(origin.num_regroups)
+    return changed

@@ -9,10 +9,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layer import DynamicGroupNorm
-from .layout import DGNOptionError
+from ..grouping import DGNOptionError
+from ..layer import DynamicGroupNorm
 
 __all__ = ["convert_gn_to_dgn"]
+
+
+def _copy_affine(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the affine parameters of ``source`` (values and ``requires_grad``) and its mode."""
+    if source.affine:
+        with torch.no_grad():
+            target.weight.copy_(source.weight)
+            target.bias.copy_(source.bias)
+        target.weight.requires_grad_(source.weight.requires_grad)
+        target.bias.requires_grad_(source.bias.requires_grad)
+    target.train(source.training)
 
 
 def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Module:
@@ -22,7 +33,7 @@ def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Mo
     GroupNorm a new layer is returned. ``dgn_kwargs`` go to
     ``DynamicGroupNorm`` (``alpha``, ``percentile``, ...). Weights, device,
     dtype, training mode and ``requires_grad`` carry over. Options a layer
-    cannot meet raise :class:`~dgn_plugins.layout.DGNOptionError` naming its
+    cannot meet raise :class:`~dgn_plugins.grouping.DGNOptionError` naming its
     module path.
     """
     if isinstance(module, nn.GroupNorm) and not isinstance(module, DynamicGroupNorm):
@@ -43,13 +54,7 @@ def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Mo
             where = _path or "the module itself"
             raise DGNOptionError(f"convert_gn_to_dgn: layer {where} (GroupNorm({module.num_groups}, "
                                  f"{module.num_channels})): {error}") from None
-        if module.affine:
-            with torch.no_grad():
-                converted.weight.copy_(module.weight)
-                converted.bias.copy_(module.bias)
-            converted.weight.requires_grad_(module.weight.requires_grad)
-            converted.bias.requires_grad_(module.bias.requires_grad)
-        converted.train(module.training)
+        _copy_affine(module, converted)
         return converted
     for name, child in module.named_children():
         new_child = convert_gn_to_dgn(child, _path=f"{_path}.{name}" if _path else name, **dgn_kwargs)

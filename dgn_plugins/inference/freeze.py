@@ -13,12 +13,12 @@ module with the same output:
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 
-from .functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
-from .layer import DynamicGroupNorm
+from ..functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
+from ..layer import DynamicGroupNorm
+from .convert import _copy_affine
 
 __all__ = ["FrozenDynamicGroupNorm", "freeze"]
 
@@ -29,6 +29,15 @@ class FrozenDynamicGroupNorm(nn.Module):
     ``weight`` and ``bias`` stay parameters (state-dict keys as in GN); the
     grouping is the ``group_id`` buffer. The one-hot ``assignment`` [C, K]
     used for export is derived from it.
+
+    Shape:
+        - Input: :math:`(N, C, *)` where :math:`C` is ``group_id.numel()``
+        - Output: :math:`(N, C, *)` (same shape as input)
+
+    Examples::
+
+        >>> frozen = FrozenDynamicGroupNorm.from_layer(trained_dgn_layer)
+        >>> model = freeze(model)  # every DGN layer: nn.GroupNorm if GN's grouping, else this
     """
 
     def __init__(self, group_id: Tensor, num_groups: int, eps: float = 1e-5, affine: bool = True,
@@ -54,13 +63,8 @@ class FrozenDynamicGroupNorm(nn.Module):
         reference = layer.weight if layer.affine else layer.group_id
         frozen = cls(layer.group_id.detach().clone(), layer.num_groups, layer.eps, layer.affine,
                      device=layer.group_id.device, dtype=reference.dtype if layer.affine else None)
-        if layer.affine:
-            with torch.no_grad():
-                frozen.weight.copy_(layer.weight)
-                frozen.bias.copy_(layer.bias)
-            frozen.weight.requires_grad_(layer.weight.requires_grad)
-            frozen.bias.requires_grad_(layer.bias.requires_grad)
-        return frozen.train(layer.training)
+        _copy_affine(layer, frozen)
+        return frozen
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -88,13 +92,8 @@ def _group_norm_from(layer: DynamicGroupNorm) -> nn.GroupNorm:
     reference = layer.weight if layer.affine else None
     norm = nn.GroupNorm(layer.num_groups, layer.num_channels, layer.eps, layer.affine,
                         device=layer.group_id.device, dtype=reference.dtype if reference is not None else None)
-    if layer.affine:
-        with torch.no_grad():
-            norm.weight.copy_(layer.weight)
-            norm.bias.copy_(layer.bias)
-        norm.weight.requires_grad_(layer.weight.requires_grad)
-        norm.bias.requires_grad_(layer.bias.requires_grad)
-    return norm.train(layer.training)
+    _copy_affine(layer, norm)
+    return norm
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -106,7 +105,7 @@ def freeze(module: nn.Module) -> nn.Module:
     rounding); weights, device, dtype, mode and ``requires_grad`` carry over.
     """
     if isinstance(module, DynamicGroupNorm):
-        if module.layout.is_contiguous_equal():
+        if module.grouping.is_contiguous_equal():
             return _group_norm_from(module)
         return FrozenDynamicGroupNorm.from_layer(module)
     for name, child in module.named_children():

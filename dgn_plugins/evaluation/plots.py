@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .regroup import intra_group_variance, within_group_sum_of_squares
+from ..regrouping.rule import intra_group_variance, within_group_sum_of_squares
 
 __all__ = [
     "GroupTimeline", "PlotError", "timelines_from_records", "gn_start", "group_colours", "size_counts", "read_records", "timelines_from_checkpoints",
@@ -117,7 +117,7 @@ def gn_start(records: Sequence[Mapping]) -> Dict[str, List[int]]:
     Records hold groupings after each regroup; a run starts from GN's (a run
     loaded from a DGN checkpoint would not, which records cannot tell).
     """
-    from .layout import default_group_ids
+    from ..grouping import default_group_ids
 
     if not records:
         return {}
@@ -162,6 +162,15 @@ def _checkpoint_step(checkpoint: Mapping, path: Path, index: int) -> int:
     return int(digits[-1]) if digits else index
 
 
+def _toolkit_checkpoint_globals() -> list:
+    """What MMEngine's training checkpoints reference besides tensors, when MMEngine is installed."""
+    try:
+        from ..openmmlab.checkpoint import mmengine_checkpoint_globals
+    except ImportError:  # no MMEngine: its types are not in the allow-list
+        return []
+    return mmengine_checkpoint_globals()
+
+
 def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] = None) -> Dict[str, GroupTimeline]:
     """Groupings of every DGN layer across checkpoints, ordered by training step."""
     from .safe_load import UnsafeFileError, load_torch_file
@@ -172,7 +181,7 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
         if not path.is_file():
             raise PlotError(f"{path}: no such checkpoint")
         try:
-            checkpoint = load_torch_file(path)  # weights only: a shared checkpoint runs no code
+            checkpoint = load_torch_file(path, _toolkit_checkpoint_globals())  # weights only: runs no code
         except UnsafeFileError as err:
             raise PlotError(f"{path}: refused: {err}") from None
         except Exception as err:  # torch raises several types for a bad file

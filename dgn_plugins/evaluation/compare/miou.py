@@ -275,7 +275,7 @@ def _dataset_class_names(dataset_type: str, dataset_cfg) -> List[str]:
     except ImportError as err:
         raise ComparisonError(f"--class-names {dataset_type}: a dataset name needs MMSegmentation ({err})") from None
     register_all_modules(init_default_scope=False)
-    import dgn_plugins  # noqa: F401  (our datasets, e.g. ImageNetSDataset)
+    import dgn_plugins.openmmlab  # noqa: F401  (our datasets, e.g. ImageNetSDataset)
 
     dataset_cls = DATASETS.get(dataset_type)
     if dataset_cls is None:
@@ -283,7 +283,7 @@ def _dataset_class_names(dataset_type: str, dataset_cfg) -> List[str]:
                               "(give a text file, a config or a dataset class name such as ADE20KDataset)")
     classes = dataset_cls.METAINFO.get("classes")
     if not classes and dataset_type == "ImageNetSDataset" and dataset_cfg.get("subset"):
-        from ..openmmlab.imagenet_s.classes import classes_of_subset
+        from ...openmmlab.imagenet_s.classes import classes_of_subset
 
         classes = classes_of_subset(dataset_cfg["subset"])
     if not classes:

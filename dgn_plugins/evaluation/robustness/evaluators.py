@@ -2,8 +2,8 @@
 
 An evaluator scores one model on one cell: ``evaluate(None, 0)`` is clean,
 ``evaluate("fog", 3)`` is fog at severity 3; it returns the toolkit's metric
-dict. :mod:`dgn_plugins.robustness.openmmlab` implements it with MMEngine's
-Runner, :mod:`dgn_plugins.robustness.detectron2` with ``inference_on_dataset``
+dict. :mod:`dgn_plugins.evaluation.robustness.openmmlab` implements it with MMEngine's
+Runner, :mod:`dgn_plugins.evaluation.robustness.detectron2` with ``inference_on_dataset``
 over a mapper that corrupts images. Either module is imported only when its
 toolkit is asked for, so each works without the other installed; another
 toolkit plugs in by implementing the same two members and registering a factory.
@@ -27,8 +27,8 @@ class CellEvaluator(Protocol):
 #: toolkit name -> "module:factory" (imported on demand) or a callable
 #: ``factory(config, checkpoint, **options) -> CellEvaluator``.
 EVALUATOR_FACTORIES: Dict[str, object] = {
-    "openmmlab": "dgn_plugins.robustness.openmmlab:OpenMMLabEvaluator",
-    "detectron2": "dgn_plugins.robustness.detectron2:Detectron2Evaluator",
+    "openmmlab": "dgn_plugins.evaluation.robustness.openmmlab:OpenMMLabEvaluator",
+    "detectron2": "dgn_plugins.evaluation.robustness.detectron2:Detectron2Evaluator",
 }
 
 
@@ -47,7 +47,7 @@ def build_evaluator(toolkit: str, config: str, checkpoint: Optional[str], **opti
     if factory is None:
         raise ValueError(f"no robustness evaluator for toolkit {toolkit!r} yet; available: "
                          f"{sorted(EVALUATOR_FACTORIES)} (register one with "
-                         "dgn_plugins.robustness.evaluators.register_evaluator)")
+                         "dgn_plugins.evaluation.robustness.evaluators.register_evaluator)")
     if isinstance(factory, str):
         module, _, name = factory.partition(":")
         try:

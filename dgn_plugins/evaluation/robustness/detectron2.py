@@ -7,7 +7,7 @@ image as read, and ``inference_on_dataset`` runs the data set's evaluator:
 ``COCOEvaluator`` (metric keys ``bbox/AP``, ``segm/AP``, ...) or
 ``SemSegEvaluator`` (``sem_seg/mIoU``, ...). Each image is corrupted in RGB
 (the corruption library's convention: a ``BGR`` image is turned and turned
-back), with the seed :class:`~dgn_plugins.robustness.transforms.ApplyCorruption`
+back), with the seed :class:`~dgn_plugins.evaluation.robustness.transforms.ApplyCorruption`
 gives it (base seed, cell, file name), as that transform does, so both
 toolkits see the same corrupted images.
 """
@@ -36,9 +36,9 @@ from detectron2.data import transforms as T
 from detectron2.data.dataset_mapper import DatasetMapper
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator, inference_on_dataset
 
-from ..detectron2 import add_dgn_config, build_model, lazy
-from ..detectron2.data import register_datasets_of
-from ..detectron2.launcher import cuda_or_cpu, lazy_dataset_names, is_lazy_config
+from ...detectron2 import add_dgn_config, build_model, lazy
+from ...detectron2.data import register_datasets_of
+from ...detectron2.launcher import cuda_or_cpu, is_lazy_config, lazy_dataset_names
 from .corruptions import cell_seed, check_corruptions, check_severities, corrupt_image
 from .metrics import nothing_detected, pick_primary_metric, task_of_metric
 

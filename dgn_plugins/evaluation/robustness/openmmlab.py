@@ -82,6 +82,9 @@ class OpenMMLabEvaluator:
         from mmengine.config import Config
         from mmengine.runner import Runner
 
+        from ...openmmlab import allow_checkpoint_types
+
+        allow_checkpoint_types()  # load_from may be a full training checkpoint (MMEngine's types)
         cfg = config if isinstance(config, Config) else Config.fromfile(config)
         if cfg_options:
             cfg.merge_from_dict(cfg_options)

@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from .kmeans import inertia_of, size_constrained_kmeans
-from .layout import GroupBounds
+from ..grouping import GroupBounds
+from .solver import inertia_of, size_constrained_kmeans
 
-__all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "within_group_sum_of_squares", "standardize", "plan_regroup", "summarize", "regroup_scalars", "describe_regroup"]
+__all__ = ["RegroupReport", "RegroupPlan", "intra_group_variance", "within_group_sum_of_squares", "standardize", "plan_regroup"]
 
 
 @dataclass
@@ -104,6 +103,8 @@ def _match_labels(old_labels: np.ndarray, new_labels: np.ndarray, num_clusters: 
     So that a group keeps its id when most of its channels stay together, and
     "channels moved" counts real moves rather than label permutations.
     """
+    from scipy.optimize import linear_sum_assignment  # scipy loads at the first regroup, not with the package
+
     overlap = np.zeros((num_clusters, num_clusters), dtype=np.int64)
     np.add.at(overlap, (new_labels, old_labels), 1)
     new_idx, old_idx = linear_sum_assignment(-overlap)
@@ -198,48 +199,3 @@ def plan_regroup(
     report.mean_group_variance_after = float(intra_group_variance(channel_mean, new_group_id, num_groups).mean())
     report.within_group_ss_after = within_group_sum_of_squares(channel_mean, new_group_id, num_groups)
     return RegroupPlan(new_group_id, report)
-
-
-def summarize(reports: Sequence[RegroupReport]) -> dict:
-    """Totals over layers, for logging."""
-    done = [r for r in reports if r.skipped is None]
-    return {
-        "layers": len(reports),
-        "layers_skipped": len(reports) - len(done),
-        "groups_changed": sum(r.groups_changed for r in done),
-        "channels_moved": sum(r.channels_moved for r in done),
-        "groups_dissolved": sum(r.groups_dissolved for r in done),
-    }
-
-
-def regroup_scalars(reports: Sequence[RegroupReport], regroups_done: int) -> dict:
-    """The totals both toolkit hooks log as scalars after a regroup."""
-    totals = summarize(reports)
-    return {
-        "groups_changed": totals["groups_changed"],
-        "channels_moved": totals["channels_moved"],
-        "groups_dissolved": totals["groups_dissolved"],
-        "layers_regrouped": totals["layers"] - totals["layers_skipped"],
-        "layers_skipped": totals["layers_skipped"],
-        "regroups": regroups_done,
-    }
-
-
-def describe_regroup(reports: Sequence[RegroupReport], regroups_done: int, when: str, per_layer: bool = True) -> str:
-    """The log text for one regroup: a totals line, then one line per layer."""
-    scalars = regroup_scalars(reports, regroups_done)
-    lines = [
-        f"DGN regroup #{regroups_done} after {when}: {scalars['groups_changed']} groups changed, "
-        f"{scalars['channels_moved']} channels moved, {scalars['groups_dissolved']} groups dissolved in "
-        f"{scalars['layers_regrouped']} layers ({scalars['layers_skipped']} skipped)"
-    ]
-    if per_layer:
-        for report in reports:
-            if report.skipped is not None:
-                lines.append(f"  {report.name}: skipped ({report.skipped})")
-            else:
-                lines.append(
-                    f"  {report.name}: {report.groups_changed}/{report.num_groups} groups changed, "
-                    f"{report.channels_moved} channels moved"
-                )
-    return "\n".join(lines)

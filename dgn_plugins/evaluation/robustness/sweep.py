@@ -8,7 +8,7 @@ A sweep result is plain data (written as JSON as is)::
      "summary": {"P": .., "mPC": .., "rPC": ..,
                  "per_corruption": {...}, "per_severity": {...}}}
 
-Several results (GN, DGN, ...) become one :class:`~dgn_plugins.compare.report.Comparison`,
+Several results (GN, DGN, ...) become one :class:`~dgn_plugins.evaluation.compare.report.Comparison`,
 rendered by the comparison tools' Markdown/CSV/JSON code.
 """
 from __future__ import annotations
@@ -18,8 +18,14 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from .corruptions import check_corruptions, check_severities
 from .evaluators import CellEvaluator
-from .metrics import (display_scale, per_corruption_mean, per_severity_mean, pick_primary_metric,
-                      robustness_summary, task_of_metric)
+from .metrics import (
+    display_scale,
+    per_corruption_mean,
+    per_severity_mean,
+    pick_primary_metric,
+    robustness_summary,
+    task_of_metric,
+)
 
 __all__ = ["run_sweep", "summarize_sweep", "comparison_of"]
 
@@ -69,7 +75,7 @@ def _names(task: str) -> Dict[str, str]:
 
 def comparison_of(results: Sequence[Mapping]):
     """One Comparison (first result = baseline) of summaries and every cell."""
-    from dgn_plugins.compare.report import Comparison
+    from dgn_plugins.evaluation.compare.report import Comparison
 
     labels = [r["label"] for r in results]
     metrics = {r["metric"] for r in results}

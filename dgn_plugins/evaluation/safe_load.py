@@ -159,20 +159,16 @@ def _one_line(error: Exception) -> str:
 
 
 def load_torch_file(path, extra_globals=()):
-    """``torch.load(path, weights_only=True)`` with numpy's (and MMEngine's) types allowed for this call.
+    """``torch.load(path, weights_only=True)`` with numpy's types and ``extra_globals`` allowed for this call.
 
+    A toolkit's checkpoint types are the caller's to add (MMEngine's:
+    ``dgn_plugins.openmmlab.checkpoint.mmengine_checkpoint_globals()``).
     Raises :class:`UnsafeFileError` (one line, naming the global) when the
     file needs anything else.
     """
     import torch
 
     allowed = list(numpy_globals()) + list(extra_globals)
-    try:
-        from .openmmlab.checkpoint import mmengine_checkpoint_globals
-
-        allowed += mmengine_checkpoint_globals()
-    except ImportError:  # no MMEngine: its types are not in the allow-list
-        pass
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             # torch warns about the protocol of any non-torch pickle; the refusal below says what matters

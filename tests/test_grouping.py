@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dgn_plugins.layout import (
+from dgn_plugins.grouping import (
     GroupBounds,
-    GroupLayout,
+    Grouping,
     check_group_ids,
     default_group_ids,
     group_bounds,
@@ -67,14 +67,14 @@ def test_check_group_ids_catches_each_corruption():
 
 def test_layout_views_agree_with_ids():
     ids = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0])
-    layout = GroupLayout.from_group_ids(ids, 3)
+    layout = Grouping.from_group_ids(ids, 3)
     assert layout.sizes.tolist() == [3, 3, 2]
     assert layout.offsets.tolist() == [0, 3, 6, 8]
     for k in range(3):
         members = layout.channels[layout.offsets[k]:layout.offsets[k + 1]]
         assert (ids[members] == k).all()
     assert not layout.is_contiguous_equal()
-    assert GroupLayout.from_group_ids(default_group_ids(8, 4), 4).is_contiguous_equal()
+    assert Grouping.from_group_ids(default_group_ids(8, 4), 4).is_contiguous_equal()
     relabelled = torch.tensor([3, 3, 0, 0, 2, 2, 1, 1])
-    assert GroupLayout.from_group_ids(relabelled, 4).is_contiguous_equal()
-    assert not GroupLayout.from_group_ids(default_group_ids(10, 4), 4).is_contiguous_equal()
+    assert Grouping.from_group_ids(relabelled, 4).is_contiguous_equal()
+    assert not Grouping.from_group_ids(default_group_ids(10, 4), 4).is_contiguous_equal()

@@ -5,7 +5,7 @@ A record is ``{"step": s, "group_id": {layer: [C ids]}, "reports":
 regroup (frozen layers included, so a record is a whole snapshot) and what the
 regroup did per layer (variance before/after). Both toolkit hooks write them
 through :class:`RegroupRecords`, so the format lives here only;
-:func:`dgn_plugins.plots.read_records` reads them back.
+:func:`dgn_plugins.evaluation.plots.read_records` reads them back.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 from torch import nn
 
 from .model import dgn_layers
-from .regroup import RegroupReport
+from .rule import RegroupReport
 
 __all__ = ["RECORDS_FILE", "RegroupRecords", "regroup_record"]
 

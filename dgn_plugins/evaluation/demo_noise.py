@@ -19,7 +19,7 @@ import math
 import os.path as osp
 from typing import Dict, Optional, Sequence
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repository (editable install)
 NOISE_FILE = osp.join(ROOT, "bench", "demo_spread.json")
 
 
@@ -94,8 +94,9 @@ def fingerprint(config: str, dgn_defaults: bool = False) -> str:
 
     text = Config.fromfile(config).pretty_text
     if dgn_defaults:
-        import dgn_plugins  # noqa: F401  (registers DGN and DGNRegroupHook)
         from mmengine.registry import HOOKS, MODELS
+
+        import dgn_plugins.openmmlab  # noqa: F401  (registers DGN and DGNRegroupHook)
 
         for cls in (MODELS.get("DGN"), HOOKS.get("DGNRegroupHook")):
             parameters = inspect.signature(cls.__init__).parameters.values()

@@ -27,7 +27,7 @@ __all__ = [
     "default_group_ids",
     "check_group_ids",
     "group_sizes",
-    "GroupLayout",
+    "Grouping",
 ]
 
 
@@ -168,7 +168,7 @@ def check_group_ids(
 
 
 @dataclass(frozen=True)
-class GroupLayout:
+class Grouping:
     """Derived views of a grouping, for kernels that walk groups.
 
     ``channels``: channel indices sorted by group (stable), ``[C]``;
@@ -182,7 +182,7 @@ class GroupLayout:
     channels: torch.Tensor
 
     @classmethod
-    def from_group_ids(cls, group_id: torch.Tensor, num_groups: int) -> "GroupLayout":
+    def from_group_ids(cls, group_id: torch.Tensor, num_groups: int) -> "Grouping":
         group_id = group_id.long()
         sizes = group_sizes(group_id, num_groups)
         offsets = torch.zeros(num_groups + 1, dtype=torch.long, device=group_id.device)

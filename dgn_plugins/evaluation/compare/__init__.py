@@ -5,7 +5,7 @@
 intersect/union histograms of MMSegmentation's ``IoUMetric`` and the ImageNet-S
 evaluator; ``report`` renders either as Markdown, CSV, JSON or a bar chart.
 
-Submodules are not imported here so that ``import dgn_plugins.compare`` stays
+Submodules are not imported here so that ``import dgn_plugins.evaluation.compare`` stays
 cheap and does not require pycocotools or matplotlib. This module holds the two
 things every tool shares: the error type and the result-file reader.
 """
@@ -27,7 +27,7 @@ def read_results_file(path, formats=("json", "pickle", "torch")):
 
     Toolkit dumps (mmengine's ``DumpResults``, Detectron2's ``torch.save``) hold
     only dicts, lists, tensors and arrays; they are loaded by an allow-list of
-    exactly those (:mod:`dgn_plugins.safe_load`), so a shared file cannot run
+    exactly those (:mod:`dgn_plugins.evaluation.safe_load`), so a shared file cannot run
     code. ``formats`` restricts what is accepted (ground truth: JSON only).
     """
     from ..safe_load import UnsafeFileError, load_data_file

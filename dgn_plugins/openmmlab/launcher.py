@@ -1,0 +1,323 @@
+"""Train a detector or segmentor with DGN: one launcher for MMDetection and
+MMSegmentation configs; Detectron2 yacs/LazyConfig files go to
+``dgn_plugins.detectron2.launcher`` with ``train_net.py``'s flags.
+
+The flags are those of the toolkits' own ``tools/train.py``::
+
+    python tools/train.py configs/mmdet/mask-rcnn_r50_fpn_dgn-all_2x_coco.py
+    torchrun --nproc_per_node=2 tools/train.py CONFIG --launcher pytorch
+    python tools/train.py CONFIG --resume            # latest checkpoint in work_dir
+    python tools/train.py CONFIG --resume ckpt.pth   # that checkpoint
+    python tools/train.py mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py --dgn   # a GN config as DGN
+
+It picks the toolkit from the config (``default_scope``, else the model
+type), registers that toolkit's modules, imports ``dgn_plugins.openmmlab`` (so configs
+need no ``custom_imports``) and allow-lists MMEngine's checkpoint types, checks every ``norm_cfg`` type names a registered
+layer, and builds MMEngine's ``Runner`` as mmdet's launcher does. Without
+CUDA, distributed runs use gloo on CPU. ``--dgn`` runs a GN config with DGN
+(:mod:`dgn_plugins.openmmlab.switch`). Errors a user fixes in the config
+(unknown norm type, DGN options a layer cannot meet) are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import os.path as osp
+import sys
+
+OPENMMLAB_TOOLKITS = ("mmdet", "mmseg")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(description="Train a model with DGN (MMDetection / MMSegmentation configs)")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument("--amp", action="store_true", default=False, help="enable automatic-mixed-precision training")
+    parser.add_argument("--auto-scale-lr", action="store_true", help="enable automatically scaling LR")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        type=str,
+        const="auto",
+        help="resume from this checkpoint; without a path, from the latest checkpoint in the work dir",
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config settings, xxx=yyy pairs merged into the config (as in the toolkits' train.py)",
+    )
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher")
+    dgn = parser.add_argument_group("GN -> DGN", "run a GN config with Dynamic Group Normalization, no config file needed")
+    dgn.add_argument("--dgn", action="store_true",
+                     help="replace every GN norm_cfg (and nn.GroupNorm built directly) with DGN and add DGNRegroupHook")
+    dgn.add_argument("--dgn-interval", type=int, default=1000, help="regroup every N iterations (default 1000)")
+    dgn.add_argument("--dgn-stop", type=int,
+                     help="last iteration that may regroup (default: before the last LR step, else at 90%%)")
+    dgn.add_argument("--dgn-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                     help="DGN layer options, e.g. alpha=0.5 percentile=0.75 group_size=16 (GN's num_groups is kept)")
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not args.dgn and (args.dgn_options or args.dgn_stop is not None):
+        parser.error("--dgn-options/--dgn-stop need --dgn")
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+# ------------------------------------------------------------------ dispatch
+def is_detectron2_config(path: str) -> bool:
+    """Detectron2 yacs (``.yaml``) or LazyConfig (``.py`` importing detectron2)."""
+    if path.endswith((".yaml", ".yml")):
+        return True
+    if path.endswith(".py") and osp.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        return "from detectron2" in source or "import detectron2" in source
+    return False
+
+
+def detectron2_argv(argv) -> list:
+    """``argv`` if it names a Detectron2 config (``--config-file X`` or a first
+    positional yacs/LazyConfig file), else ``[]``."""
+    if "--config-file" in argv or any(a.startswith("--config-file=") for a in argv):
+        return list(argv)
+    positional = [a for a in argv if not a.startswith("-")]
+    return list(argv) if positional and is_detectron2_config(positional[0]) else []
+
+
+def train_detectron2(argv) -> None:
+    """Hand Detectron2 configs to our Detectron2 launcher (train_net.py flags)."""
+    try:
+        from dgn_plugins.detectron2.launcher import main as detectron2_main
+    except ImportError as error:
+        raise SystemExit(
+            f"Detectron2 config given, but Detectron2 is not importable ({error}). "
+            "Build it from source: see docs/detectron2.md"
+        ) from None
+    return detectron2_main(argv)
+
+
+def toolkit_of(cfg) -> str:
+    """``'mmdet'`` or ``'mmseg'``: the config's default scope, else whose registry knows the model type."""
+    scope = cfg.get("default_scope")
+    if scope in OPENMMLAB_TOOLKITS:
+        return scope
+    model_type = cfg.get("model", {}).get("type") if isinstance(cfg.get("model"), dict) else None
+    if isinstance(model_type, str):
+        from mmengine.registry import MODELS
+
+        for toolkit in OPENMMLAB_TOOLKITS:
+            try:
+                with MODELS.switch_scope_and_registry(toolkit) as registry:
+                    registry.import_from_location()  # the toolkit's models register lazily
+                    if registry.scope == toolkit and model_type in registry.module_dict:
+                        return toolkit
+            except ImportError:
+                continue
+    raise SystemExit(
+        f"Cannot tell whether the config is for MMDetection or MMSegmentation (default_scope={scope!r}, "
+        f"model type={model_type!r}): set default_scope = 'mmdet' or 'mmseg' in it."
+    )
+
+
+def register_toolkit(toolkit: str) -> None:
+    """Register every module of the toolkit, and DGN's, before building."""
+    if toolkit == "mmdet":
+        from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
+
+        setup_cache_size_limit_of_dynamo()
+    else:
+        from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)  # the Runner sets it from cfg.default_scope
+    import dgn_plugins.openmmlab  # DGN, DGNRegroupHook
+
+    dgn_plugins.openmmlab.allow_checkpoint_types()  # MMEngine's checkpoints under torch.load(weights_only=True)
+
+
+# -------------------------------------------------------------------- config
+def load_config(args):
+    """The config with the command line applied, as mmdet's ``tools/train.py`` does."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(resolve_config_path(args.config))
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # work_dir: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config.split("::")[-1]))[0])
+    if getattr(args, "dgn", False):  # applied by build_runner, which knows the toolkit and the data
+        if args.dgn_interval < 1:
+            raise SystemExit(f"--dgn-interval must be >= 1, got {args.dgn_interval}")
+        cfg.dgn_switch = dict(options=dict(args.dgn_options or {}), interval=args.dgn_interval, stop=args.dgn_stop)
+    if args.amp:
+        _enable_amp(cfg)
+    if args.auto_scale_lr:
+        if "auto_scale_lr" in cfg and "enable" in cfg.auto_scale_lr and "base_batch_size" in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise RuntimeError(
+                'Can not find "auto_scale_lr" or "auto_scale_lr.enable" or "auto_scale_lr.base_batch_size" '
+                "in your configuration file."
+            )
+    # resume: an explicit checkpoint > the latest in work_dir
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def resolve_config_path(path: str) -> str:
+    """A local file, or ``package::relative/path.py`` (e.g. ``mmdet::gn/...``) in the installed toolkit."""
+    if "::" not in path:
+        if not osp.isfile(path):
+            raise SystemExit(f"config file {path} not found")
+        return path
+    from mmengine.config import Config
+
+    try:
+        resolved, _ = Config._get_cfg_path(path, "")
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"config {path}: {error}") from None
+    if not osp.isfile(resolved):
+        raise SystemExit(f"config {path}: no file {resolved} in the installed package")
+    return resolved
+
+
+def _enable_amp(cfg) -> None:
+    from mmengine.logging import print_log
+
+    wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
+    if wrapper == "AmpOptimWrapper":
+        print_log("AMP training is already enabled in your config.", logger="current", level=logging.WARNING)
+        return
+    if wrapper != "OptimWrapper":
+        raise SystemExit(f"--amp needs optim_wrapper.type == 'OptimWrapper', got {wrapper!r}")
+    cfg.optim_wrapper.type = "AmpOptimWrapper"
+    cfg.optim_wrapper.loss_scale = "dynamic"
+
+
+def setup_cpu_distributed(cfg) -> None:
+    """Distributed training without CUDA: gloo, and DDP without device ids.
+
+    MMEngine's ``init_dist`` calls ``torch.cuda.set_device`` and its default
+    wrapper passes ``device_ids=[LOCAL_RANK]``; both fail on CPU. So we open
+    the gloo process group ourselves (the Runner then keeps it) and give DDP
+    ``device_ids=None``, keeping MMEngine's ``broadcast_buffers=False``.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher == "none" or torch.cuda.is_available():
+        return
+    env_cfg = dict(cfg.get("env_cfg") or {})
+    dist_cfg = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")
+    cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
+    if cfg.launcher != "pytorch":
+        raise SystemExit(
+            f"--launcher {cfg.launcher} needs GPUs with MMEngine; on CPU use torchrun with --launcher pytorch."
+        )
+    if not dist.is_initialized():
+        options = {k: v for k, v in dist_cfg.items() if k != "backend"}
+        if "timeout" in options:
+            import datetime
+
+            options["timeout"] = datetime.timedelta(seconds=options["timeout"])
+        dist.init_process_group(backend="gloo", **options)
+    wrapper = dict(cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel"))
+    wrapper.setdefault("broadcast_buffers", False)
+    wrapper.setdefault("find_unused_parameters", cfg.get("find_unused_parameters", False))
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def build_runner(cfg):
+    """Register the toolkit, validate the norm types, build the Runner."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    toolkit = toolkit_of(cfg)
+    register_toolkit(toolkit)
+    if cfg.get("default_scope") is None:
+        cfg.default_scope = toolkit
+
+    from dgn_plugins.grouping import DGNOptionError
+    from dgn_plugins.openmmlab.norm_check import check_norm_types, explain_infeasible_dgn
+
+    switch = cfg.pop("dgn_switch", None)
+    runner_cls = RUNNERS.get(cfg.runner_type) if "runner_type" in cfg else Runner
+    if switch is not None:
+        runner_cls, changes = _apply_dgn_switch(cfg, switch, runner_cls)
+    check_norm_types(dict(model=cfg.get("model")), scope=toolkit)  # paths read model.backbone.norm_cfg
+    setup_cpu_distributed(cfg)
+    try:
+        runner = runner_cls.from_cfg(cfg)
+    except DGNOptionError as error:
+        raise DGNOptionError(explain_infeasible_dgn(cfg.model, toolkit, error)) from None
+    if switch is not None:
+        _add_regroup_hook(runner, cfg, switch, changes)
+    return runner
+
+
+def _apply_dgn_switch(cfg, switch, runner_cls):
+    """``--dgn`` on the config: GN norm_cfgs become DGN; returns the converting Runner class and the changes."""
+    from dgn_plugins.openmmlab.switch import check_layer_options, converting_runner_class, gn_norm_cfgs_to_dgn
+
+    options = check_layer_options(switch["options"])
+    changes = dict(norm_cfgs=gn_norm_cfgs_to_dgn(cfg.model, options), modules=[])
+    return converting_runner_class(runner_cls, options, changes["modules"]), changes
+
+
+def _add_regroup_hook(runner, cfg, switch, changes) -> None:
+    """``--dgn``: add DGNRegroupHook (stop before the last LR step) and log what was changed."""
+    from dgn_plugins.openmmlab import DGNRegroupHook
+    from dgn_plugins.openmmlab.switch import default_stop
+
+    log = runner.logger
+    log.info(f"--dgn: {len(changes['norm_cfgs'])} GN norm_cfg(s) now DGN: {', '.join(changes['norm_cfgs']) or 'none'}"
+             + (f"; options {switch['options']}" if switch["options"] else ""))
+    log.info(f"--dgn: {len(changes['modules'])} nn.GroupNorm built outside norm_cfg converted"
+             + (f": {', '.join(changes['modules'])}" if changes["modules"] else ""))
+    if any(isinstance(hook, DGNRegroupHook) for hook in runner.hooks):
+        log.info("--dgn: the config already has a DGNRegroupHook; none added")
+        return
+    stop, why = switch["stop"], "--dgn-stop"
+    if stop is None:
+        loop = runner.train_loop  # built here (its data loader too); train() reuses it
+        iters_per_epoch = len(loop.dataloader) if hasattr(loop, "max_epochs") else 1
+        stop, why = default_stop(cfg.get("param_scheduler"), loop.max_iters, iters_per_epoch)
+    runner.register_hook(DGNRegroupHook(interval=switch["interval"], stop=stop))
+    log.info(f"--dgn: added DGNRegroupHook(interval={switch['interval']}, stop={stop}), stop {why}")
+
+
+def main(argv=None):
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if detectron2_argv(raw):
+        return train_detectron2(raw)
+    args = parse_args(raw)
+    cfg = load_config(args)
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+def cli(argv=None) -> int:
+    """``main`` for the command line: errors a user can fix are one line on stderr, exit status 2."""
+    from dgn_plugins.errors import ConfigError
+
+    try:
+        main(argv)
+    except ConfigError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
