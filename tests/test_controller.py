@@ -75,3 +75,17 @@ def test_controller_checks_statistics_options():
         RegroupController(statistics=dict(momentum=0.0))
     with pytest.raises(TypeError, match="alpha"):
         RegroupController(statistics=dict(alpha=0.3))
+
+
+def test_controller_schedule_in_shares_of_the_run(caplog):
+    model = _model()
+    controller = RegroupController(interval=0.25, stop=0.75)
+    logger = logging.getLogger("test_controller")
+    with caplog.at_level(logging.INFO, logger="test_controller"):
+        controller.before_train(model, total_steps=8, logger=logger)
+    assert "regroup every 2 iterations from 0 to 6" in caplog.text
+    due = []
+    for step in range(1, 9):
+        _train_step(model)
+        due.append(controller.after_step(model, step, logger) is not None)
+    assert due == [False, True, False, True, False, True, False, False]

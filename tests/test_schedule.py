@@ -31,3 +31,34 @@ def test_a_regroup_after_the_last_step_is_warned_about():
     assert RegroupSchedule(interval=1000, stop=3000).final_step_warning(4000) is None
     assert RegroupSchedule(interval=1000).final_step_warning(4500) is None
     assert "12 epochs" in RegroupSchedule(interval=3).final_step_warning(12, "epochs")
+
+
+def test_shares_of_the_run_resolve_against_its_length():
+    # The study's settings (bench/RESULTS.md) are shares: every 10% of training, none in the last 10%.
+    schedule = RegroupSchedule(interval=0.1, stop=0.9)
+    assert schedule.has_shares and "10% of the run" in schedule.describe()
+    with pytest.raises(RuntimeError, match="resolve"):
+        schedule.is_due(100)
+    resolved = schedule.resolve(2500)
+    assert (resolved.interval, resolved.start, resolved.stop) == (250, 0, 2250)
+    assert [s for s in range(2501) if resolved.is_due(s)] == list(range(250, 2251, 250))
+    assert resolved.final_step_warning(2500) is None
+    assert RegroupSchedule(interval=0.001).resolve(100).interval == 1  # never below one step
+    assert RegroupSchedule(interval=0.25, start=0.5).resolve(40) == RegroupSchedule(interval=10, start=20)
+    plain = RegroupSchedule(interval=7, stop=30)
+    assert plain.resolve(100) is plain and not plain.has_shares
+    with pytest.raises(ValueError, match="length"):
+        schedule.resolve(0)
+
+
+def test_resolving_keeps_the_resumed_calendar():
+    schedule = RegroupSchedule(interval=0.1, stop=0.9)
+    schedule.load_state_dict({"interval": 250, "start": 0, "stop": 2250, "last_regroup_step": 500})
+    resolved = schedule.resolve(2500)
+    assert not resolved.is_due(500) and resolved.is_due(750)
+
+
+@pytest.mark.parametrize("kwargs", [dict(interval=1.5), dict(interval=0.0), dict(stop=1.0), dict(start=-0.2)])
+def test_shares_outside_zero_one_are_rejected(kwargs):
+    with pytest.raises(ValueError, match="share of the run|must be >= 0"):
+        RegroupSchedule(**kwargs)

@@ -19,7 +19,7 @@ ids, per-layer reports) to ``records_file``, what ``tools/plot_groups.py
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
@@ -46,7 +46,9 @@ class DGNRegroupHook(HookBase):
         interval: regroup after iterations ``interval, 2 * interval, ...``,
             counted from the start of training (a resumed run keeps the calendar).
         start, stop: regroup only after ``start`` and up to ``stop`` finished
-            iterations (``stop=None``: until the end).
+            iterations (``stop=None``: until the end). Each of the three may be
+            a share of the run instead (a float in (0, 1), resolved against
+            ``SOLVER.MAX_ITER``/``train.max_iter``): ``interval=0.1, stop=0.9``.
         percentile: overrides each layer's dissolve percentile.
         only_trainable: skip eval-mode and frozen layers (``FREEZE_AT`` stages).
         log_per_layer: log one line per layer besides the totals.
@@ -56,7 +58,7 @@ class DGNRegroupHook(HookBase):
             keeping the old one beside it as ``<name>.<timestamp>.jsonl``.
     """
 
-    def __init__(self, interval: int = 1000, *, start: int = 0, stop: Optional[int] = None,
+    def __init__(self, interval: Union[int, float] = 1000, *, start: Union[int, float] = 0, stop: Optional[Union[int, float]] = None,
                  percentile: Optional[float] = None, only_trainable: bool = True, log_per_layer: bool = False,
                  records_file: Optional[str] = None) -> None:
         self.controller = RegroupController(

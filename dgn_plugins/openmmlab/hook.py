@@ -14,7 +14,7 @@ one record per regroup to ``<work_dir>/dgn_groups.jsonl`` (for
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Optional
+from typing import Optional, Union
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
@@ -61,6 +61,11 @@ class DGNRegroupHook(Hook):
             only once per run.
         start, stop: regroup only after ``start`` and up to ``stop`` finished
             steps (``stop=None``: until the end).
+
+            ``interval``, ``start`` and ``stop`` are steps (ints) or shares of
+            the run (floats in (0, 1), resolved against ``max_iters`` or
+            ``max_epochs``): ``interval=0.1, stop=0.9`` regroups every tenth
+            of training and not in the last tenth.
         percentile: overrides each layer's dissolve percentile at regroups.
         only_trainable: skip eval-mode and frozen layers (frozen stages,
             ``requires_grad=False``). Leave it on: regrouping a frozen layer
@@ -84,7 +89,7 @@ class DGNRegroupHook(Hook):
 
     checkpoint_key = "dgn_regroup_hook"
 
-    def __init__(self, interval: int = 1000, by_epoch: bool = False, start: int = 0, stop: Optional[int] = None,
+    def __init__(self, interval: Union[int, float] = 1000, by_epoch: bool = False, start: Union[int, float] = 0, stop: Optional[Union[int, float]] = None,
                  percentile: Optional[float] = None, only_trainable: bool = True, log_per_layer: bool = True,
                  records_file: Optional[str] = RECORDS_FILE, **dgn_options) -> None:
         policy, statistics = _split_options(dgn_options)

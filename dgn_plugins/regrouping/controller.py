@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 from torch import nn
 
@@ -78,7 +78,9 @@ class RegroupController:
     """Regroup a model's DGN layers every ``interval`` finished steps.
 
     Args:
-        interval, start, stop: the schedule (:class:`~dgn_plugins.regrouping.schedule.RegroupSchedule`).
+        interval, start, stop: the schedule (:class:`~dgn_plugins.regrouping.schedule.RegroupSchedule`),
+            in steps (ints) or shares of the run (floats in (0, 1)), resolved
+            against ``total_steps`` in :meth:`before_train`.
         policy: overrides the layers' own regroup settings where it sets a field.
         only_trainable: skip eval-mode and frozen layers.
         log_per_layer: log one line per layer besides the totals.
@@ -91,10 +93,10 @@ class RegroupController:
 
     def __init__(
         self,
-        interval: int = 1000,
+        interval: Union[int, float] = 1000,
         *,
-        start: int = 0,
-        stop: Optional[int] = None,
+        start: Union[int, float] = 0,
+        stop: Optional[Union[int, float]] = None,
         policy: Optional[RegroupPolicy] = None,
         only_trainable: bool = True,
         log_per_layer: bool = True,
@@ -135,6 +137,7 @@ class RegroupController:
             if warning is not None:
                 logger.warning(f"DGNRegroupHook: {warning}")
             logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
+        self.schedule = self.schedule.resolve(total_steps)
         layers = dgn_layers(model)
         if not layers:
             logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")

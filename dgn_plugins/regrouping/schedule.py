@@ -1,12 +1,23 @@
-"""When to regroup: every ``interval`` steps within ``[start, stop)``.
+"""When to regroup: every ``interval`` steps within ``[start, stop]``.
 
 Kept apart from the hooks so both toolkits (and plain PyTorch loops) share
-one definition, and so the schedule's state can go into checkpoints.
+one definition, and so the schedule's state can go into checkpoints. Each of
+``interval``, ``start`` and ``stop`` is a number of steps (an ``int``) or a
+share of the run (a ``float`` in (0, 1), e.g. ``interval=0.1, stop=0.9``: ten
+regroups' worth of spacing, none in the last tenth), which is how the study in
+bench/RESULTS.md states its settings; :meth:`RegroupSchedule.resolve` turns
+shares into steps once the run's length is known.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, replace
+from typing import Optional, Union
+
+Steps = Union[int, float]
+
+
+def _is_share(value) -> bool:
+    return isinstance(value, float)
 
 __all__ = ["RegroupSchedule"]
 
@@ -19,21 +30,57 @@ class RegroupSchedule:
     a resumed run keeps the same calendar.
     """
 
-    interval: int = 1000
-    start: int = 0
-    stop: Optional[int] = None
+    interval: Steps = 1000
+    start: Steps = 0
+    stop: Optional[Steps] = None
     last_regroup_step: int = -1
 
     def __post_init__(self):
-        if self.interval < 1:
+        for name in ("interval", "start", "stop"):
+            value = getattr(self, name)
+            if _is_share(value) and not 0.0 < value < 1.0 and not (name != "interval" and value == 0.0):
+                raise ValueError(f"regroup {name} given as a share of the run must lie in (0, 1), got {value} "
+                                 f"(a number of steps is an int)")
+        if self.interval < 1 and not _is_share(self.interval):
             raise ValueError(f"regroup interval must be >= 1, got {self.interval}")
         if self.start < 0:
             raise ValueError(f"regroup start must be >= 0, got {self.start}")
-        if self.stop is not None and self.stop < self.start:
+        if self.stop is not None and _is_share(self.start) == _is_share(self.stop) and self.stop < self.start:
             raise ValueError(f"regroup stop ({self.stop}) must not precede start ({self.start})")
+
+    @property
+    def has_shares(self) -> bool:
+        """True while some of ``interval``/``start``/``stop`` are shares of a run not yet resolved."""
+        return any(_is_share(v) for v in (self.interval, self.start, self.stop))
+
+    def resolve(self, total: int) -> "RegroupSchedule":
+        """This schedule in steps for a run of ``total`` steps (shares rounded; an interval >= 1)."""
+        if not self.has_shares:
+            return self
+        if total <= 0:
+            raise ValueError(f"a regroup schedule given as shares of the run ({self}) needs the run's length; "
+                             f"got {total} steps")
+
+        def steps(value):
+            return round(value * total) if _is_share(value) else value
+
+        interval = max(1, steps(self.interval))
+        return replace(self, interval=interval, start=steps(self.start),
+                       stop=None if self.stop is None else steps(self.stop))
+
+    def describe(self) -> str:
+        """``interval``/``start``/``stop`` as given, for log text."""
+        def show(value):
+            return f"{value:.0%} of the run" if _is_share(value) else str(value)
+
+        stop = f", stop {show(self.stop)}" if self.stop is not None else ""
+        return f"every {show(self.interval)}, start {show(self.start)}{stop}"
 
     def is_due(self, step: int) -> bool:
         """True if a regroup belongs after ``step`` finished steps (once per step)."""
+        if self.has_shares:
+            raise RuntimeError(f"regroup schedule {self.describe()} is in shares of the run: "
+                               f"resolve(total_steps) it first")
         if step <= 0 or step < self.start or step == self.last_regroup_step:
             return False
         if self.stop is not None and step > self.stop:

@@ -185,3 +185,27 @@ def test_fresh_run_keeps_the_previous_records_and_warns(synthetic_coco_root, tmp
     (kept,) = output_dir.glob("dgn_groups.*.jsonl")
     assert kept.read_text() == first_text
     assert any(kept.name in m and "steps 1..2" in m for m in messages), messages
+
+
+def test_schedule_in_shares_of_max_iter():
+    """interval=0.25, stop=0.75 of 8 iterations: regroups after iterations 2, 4 and 6."""
+    from detectron2.engine import SimpleTrainer
+
+    from dgn_plugins import DynamicGroupNorm
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), DynamicGroupNorm(16, 4))
+
+        def forward(self, batch):
+            return {"loss": self.body(batch).pow(2).mean()}
+
+    model = Net()
+    batches = iter(lambda: torch.randn(2, 3, 8, 8), None)
+    trainer = SimpleTrainer(model, batches, torch.optim.SGD(model.parameters(), lr=0.01))
+    hook = DGNRegroupHook(interval=0.25, stop=0.75, records_file=None)
+    trainer.register_hooks([hook])
+    trainer.train(0, 8)
+    assert (hook.schedule.interval, hook.schedule.stop) == (2, 6)
+    assert hook.regroups_done == 3 and hook.schedule.last_regroup_step == 6

@@ -58,6 +58,16 @@ def test_schedule_start_stop_and_runtime_options(train_tool, tiny_coco, tmp_path
     assert runner.message_hub.get_scalar("train/dgn_groups_dissolved").current() == 4 * len(layers)
 
 
+def test_schedule_in_shares_of_the_run(train_tool, tiny_coco, tmp_path):
+    # interval=0.25, stop=0.75 of 8 iterations: after iterations 2, 4 and 6 (none in the last quarter).
+    runner = run(train_tool, tmp_path, tiny_coco, [dict(type="DGNRegroupHook", interval=0.25, stop=0.75)], max_iters=8)
+    hook = regroup_hook(runner)
+    assert hook.regroups_done == 3 and hook.schedule.last_regroup_step == 6
+    assert (hook.schedule.interval, hook.schedule.stop) == (2, 6)
+    with pytest.raises(ValueError, match="share of the run"):
+        DGNRegroupHook(interval=1.5)
+
+
 def test_by_epoch_schedule(train_tool, tiny_coco, tmp_path):
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, tmp_path, tiny_coco, max_iters=4)
     cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=100)  # 2 iterations per epoch
