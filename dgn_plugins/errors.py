@@ -6,8 +6,21 @@ in library calls they are ordinary exceptions with a message that names the
 setting to change.
 """
 
-__all__ = ["ConfigError"]
+import sys
+from typing import Callable, List, Optional
+
+__all__ = ["ConfigError", "run_cli"]
 
 
 class ConfigError(Exception):
     """A setting the user can fix; the message names it."""
+
+
+def run_cli(main: Callable[[Optional[List[str]]], object], argv: Optional[List[str]] = None) -> int:
+    """Run an entry point's ``main``: a :class:`ConfigError` is one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except ConfigError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0

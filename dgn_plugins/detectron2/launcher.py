@@ -185,14 +185,9 @@ def main(argv: Optional[List[str]] = None):
 
 def cli(argv: Optional[List[str]] = None) -> int:
     """``main`` for the command line: a config error is one line on stderr and exit status 2."""
-    from ..errors import ConfigError
+    from ..errors import run_cli
 
-    try:
-        main(argv)
-    except ConfigError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

@@ -313,11 +313,6 @@ def main(argv=None):
 
 def cli(argv=None) -> int:
     """``main`` for the command line: errors a user can fix are one line on stderr, exit status 2."""
-    from dgn_plugins.errors import ConfigError
+    from dgn_plugins.errors import run_cli
 
-    try:
-        main(argv)
-    except ConfigError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv)
