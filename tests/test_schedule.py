@@ -62,3 +62,24 @@ def test_resolving_keeps_the_resumed_calendar():
 def test_shares_outside_zero_one_are_rejected(kwargs):
     with pytest.raises(ValueError, match="share of the run|must be >= 0"):
         RegroupSchedule(**kwargs)
+
+
+def test_the_default_schedule_is_the_one_the_study_chose():
+    """bench/RESULTS.md (dgn_study, chosen on validation corruptions): every 10% of the run, none in its last 10%."""
+    import importlib.util
+    import inspect
+
+    from dgn_plugins import RegroupController
+
+    targets = [RegroupController]
+    if importlib.util.find_spec("mmengine") is not None:
+        from dgn_plugins.openmmlab.hook import DGNRegroupHook as MMEngineHook
+
+        targets.append(MMEngineHook)
+    if importlib.util.find_spec("detectron2") is not None:
+        from dgn_plugins.detectron2.hook import DGNRegroupHook as Detectron2Hook
+
+        targets.append(Detectron2Hook)
+    for target in targets:
+        parameters = inspect.signature(target.__init__).parameters
+        assert (parameters["interval"].default, parameters["stop"].default) == (0.1, 0.9), target

@@ -64,8 +64,9 @@ class DGNRegroupHook(Hook):
 
             ``interval``, ``start`` and ``stop`` are steps (ints) or shares of
             the run (floats in (0, 1), resolved against ``max_iters`` or
-            ``max_epochs``): ``interval=0.1, stop=0.9`` regroups every tenth
-            of training and not in the last tenth.
+            ``max_epochs``). The defaults, ``interval=0.1, stop=0.9`` (every
+            tenth of training, none in the last tenth), are the schedule the
+            study in bench/RESULTS.md chose on validation corruptions.
         percentile: overrides each layer's dissolve percentile at regroups.
         only_trainable: skip eval-mode and frozen layers (frozen stages,
             ``requires_grad=False``). Leave it on: regrouping a frozen layer
@@ -89,7 +90,7 @@ class DGNRegroupHook(Hook):
 
     checkpoint_key = "dgn_regroup_hook"
 
-    def __init__(self, interval: Union[int, float] = 1000, by_epoch: bool = False, start: Union[int, float] = 0, stop: Optional[Union[int, float]] = None,
+    def __init__(self, interval: Union[int, float] = 0.1, by_epoch: bool = False, start: Union[int, float] = 0, stop: Optional[Union[int, float]] = 0.9,
                  percentile: Optional[float] = None, only_trainable: bool = True, log_per_layer: bool = True,
                  records_file: Optional[str] = RECORDS_FILE, **dgn_options) -> None:
         policy, statistics = _split_options(dgn_options)

@@ -29,6 +29,17 @@ import sys
 OPENMMLAB_TOOLKITS = ("mmdet", "mmseg")
 
 
+def _steps(text: str):
+    """A number of steps (``500``) or a share of the run (``0.1``)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a share of the run lies in (0, 1); iterations are an integer")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
@@ -54,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     dgn = parser.add_argument_group("GN -> DGN", "run a GN config with Dynamic Group Normalization, no config file needed")
     dgn.add_argument("--dgn", action="store_true",
                      help="replace every GN norm_cfg (and nn.GroupNorm built directly) with DGN and add DGNRegroupHook")
-    dgn.add_argument("--dgn-interval", type=int, default=1000, help="regroup every N iterations (default 1000)")
+    dgn.add_argument("--dgn-interval", type=_steps, default=0.1,
+                     help="regroup every N iterations, or every share of the run as a float in (0, 1) "
+                          "(default 0.1: every tenth of training)")
     dgn.add_argument("--dgn-stop", type=int,
                      help="last iteration that may regroup (default: before the last LR step, else at 90%%)")
     dgn.add_argument("--dgn-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
@@ -154,8 +167,8 @@ def load_config(args):
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config.split("::")[-1]))[0])
     if getattr(args, "dgn", False):  # applied by build_runner, which knows the toolkit and the data
-        if args.dgn_interval < 1:
-            raise SystemExit(f"--dgn-interval must be >= 1, got {args.dgn_interval}")
+        if isinstance(args.dgn_interval, int) and args.dgn_interval < 1 or not 0 < args.dgn_interval:
+            raise SystemExit(f"--dgn-interval must be >= 1 iterations or a share in (0, 1), got {args.dgn_interval}")
         cfg.dgn_switch = dict(options=dict(args.dgn_options or {}), interval=args.dgn_interval, stop=args.dgn_stop)
     if args.amp:
         _enable_amp(cfg)

@@ -80,7 +80,8 @@ class RegroupController:
     Args:
         interval, start, stop: the schedule (:class:`~dgn_plugins.regrouping.schedule.RegroupSchedule`),
             in steps (ints) or shares of the run (floats in (0, 1)), resolved
-            against ``total_steps`` in :meth:`before_train`.
+            against ``total_steps`` in :meth:`before_train`; by default every
+            tenth of the run and none in its last tenth (bench/RESULTS.md).
         policy: overrides the layers' own regroup settings where it sets a field.
         only_trainable: skip eval-mode and frozen layers.
         log_per_layer: log one line per layer besides the totals.
@@ -93,10 +94,10 @@ class RegroupController:
 
     def __init__(
         self,
-        interval: Union[int, float] = 1000,
+        interval: Union[int, float] = 0.1,
         *,
         start: Union[int, float] = 0,
-        stop: Optional[Union[int, float]] = None,
+        stop: Optional[Union[int, float]] = 0.9,
         policy: Optional[RegroupPolicy] = None,
         only_trainable: bool = True,
         log_per_layer: bool = True,
