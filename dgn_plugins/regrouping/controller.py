@@ -138,11 +138,11 @@ class RegroupController:
             if warning is not None:
                 logger.warning(f"DGNRegroupHook: {warning}")
             logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
-        self.schedule = self.schedule.resolve(total_steps)
         layers = dgn_layers(model)
         if not layers:
             logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")
             return 0
+        self.schedule = self.schedule.resolve(total_steps)
         for _, layer in layers:
             for option, value in self.statistics.items():
                 setattr(layer, option, value)
