@@ -15,7 +15,8 @@ from dgn_plugins.regrouping.records import RECORDS_FILE  # noqa: E402
 
 def run(train_tool, work_dir, data_root, max_iters, hook=None, resume_from=None):
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, work_dir, data_root, max_iters=max_iters, checkpoint_interval=2)
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=2, **(hook or {}))]
+    # Every 2 iterations to the end (the default stop, 90% of the run, would drop the last one).
+    cfg.custom_hooks = [dict(dict(type="DGNRegroupHook", interval=2, stop=None), **(hook or {}))]
     if resume_from is not None:
         cfg.resume, cfg.load_from = True, str(resume_from)
     runner = train_tool.build_runner(cfg)
