@@ -7,6 +7,9 @@ are timed, each with the ``native`` backend (the C++ kernels: what the
 dispatcher runs on the CPU) and the ``reference`` backend (the plain PyTorch
 formulation), interleaved with GN in one run so that the ratios sit side by
 side. Both modules are in training mode (DGN updates its running statistics).
+``walk`` says how the native kernels went through the tensor: ``rows`` (each
+pass streams the whole tensor), ``groups`` (GN's grouping with long rows: one
+group at a time, as GN does; bench/bench_walk.py compares the two) or ``cl``.
 The last row, ``overhead``, is a 2x64x1x1 input: the fixed cost of one layer's
 forward+backward. Targets: forward+backward <= 1.10x GN on every row, NCHW
 float32 <= 1.05x, peak memory 1.0x, overhead <= 1.2x GN's.
@@ -171,12 +174,13 @@ def main():
         parser.error("--clock cpu times one thread: use it with --threads 1")
     if not ops.native_available():
         parser.error(f"the native extension dgn_plugins._C is not available ({ops.native_import_error()})")
+    from dgn_plugins import _C
 
     print(f"torch {torch.__version__}, {args.threads} threads, N=2, K={GROUPS}, CPU; medians of {args.repeats} "
           f"({args.clock} clock); ratios are to nn.GroupNorm, both modules in training mode; "
           f"native = dgn_plugins' C++ kernels, reference = the plain PyTorch formulation; malloc {args.malloc}")
     columns = " ".join(f"{p:>9}" for p in PATHS)
-    header = (f"{'variant':>9} {'C':>5} {'HxW':>8} {'layout':>8} | {'fwd GN ms':>9} {columns} | "
+    header = (f"{'variant':>9} {'C':>5} {'HxW':>8} {'layout':>8} {'walk':>6} | {'fwd GN ms':>9} {columns} | "
               f"{'f+b GN ms':>9} {columns}")
     if not args.no_memory:
         header += f" | {'peak GN MiB':>11} {columns}"
@@ -191,7 +195,8 @@ def main():
                 fwd = medians({name: pair[0] for name, pair in fns.items()}, args.repeats, args.clock)
                 train = medians({name: pair[1] for name, pair in fns.items()}, args.repeats, args.clock)
                 worst[variant] = max(worst.get(variant, 0.0), train["native"] / train["gn"])
-                line = (f"{variant:>9} {channels:>5} {height:>3}x{width:<4} {layout:>8} | {fwd['gn'] * 1e3:>9.2f} "
+                walk = _C.walk_for(x, dgn.group_id, GROUPS).replace("channels_last", "cl")
+                line = (f"{variant:>9} {channels:>5} {height:>3}x{width:<4} {layout:>8} {walk:>6} | {fwd['gn'] * 1e3:>9.2f} "
                         + " ".join(f"{fwd[p] / fwd['gn']:>9.2f}" for p in PATHS)
                         + f" | {train['gn'] * 1e3:>9.2f} "
                         + " ".join(f"{train[p] / train['gn']:>9.2f}" for p in PATHS))
@@ -201,7 +206,7 @@ def main():
                         f"{memory[p] / max(memory['gn'], 1e-9):>9.2f}" for p in PATHS)
                 print(line, flush=True)
     overhead = overhead_medians(args.repeats, args.clock)
-    print(f"{'overhead':>9} {64:>5} {'1x1':>8} {'default':>8} | {'':>9} {'':>9} {'':>9} | "
+    print(f"{'overhead':>9} {64:>5} {'1x1':>8} {'default':>8} {'':>6} | {'':>9} {'':>9} {'':>9} | "
           f"{overhead['gn'] * 1e3:>9.3f} {overhead['native'] / overhead['gn']:>9.2f} {'-':>9}")
     print("worst native forward+backward ratio: " + ", ".join(f"{v} {r:.2f}" for v, r in worst.items())
           + f"; overhead {overhead['native'] / overhead['gn']:.2f} "

@@ -114,6 +114,50 @@ def test_instruction_sets_agree():
         _C.set_isa("sse9")
 
 
+def contiguous_group_ids(sizes):
+    """Groups of consecutive channels with the given sizes (GN's grouping when they are equal)."""
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+
+def test_nchw_group_walk_matches_the_row_walk_and_the_reference():
+    """Groups of consecutive channels with long rows go group by group (as GN does); shuffled groups
+    and short rows by rows. Both walks do the same arithmetic, so they agree to the bit."""
+    gen = torch.Generator().manual_seed(3)
+    contiguous = [contiguous_group_ids([3, 9, 4, 8]), contiguous_group_ids([6, 6, 6, 6])]
+    shuffled = random_group_ids(24, 4, 3, 9, gen)
+    long_rows, short_rows = (2, 24, 100, 90), (2, 24, 5, 7)
+    assert [_C.walk_for(torch.empty(long_rows), ids, 4) for ids in contiguous] == ["groups", "groups"]
+    assert _C.walk_for(torch.empty(long_rows), shuffled, 4) == "rows"
+    assert _C.walk_for(torch.empty(short_rows), contiguous[0], 4) == "rows"
+    assert _C.walk_for(torch.empty(long_rows).to(memory_format=torch.channels_last), contiguous[0], 4) == \
+        "channels_last"
+    try:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            for ids in contiguous + [shuffled]:
+                for shape in (long_rows, short_rows):
+                    for affine in (True, False):
+                        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2).to(dtype)
+                        grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+                        weight = torch.randn(24, generator=gen, dtype=dtype) if affine else None
+                        bias = torch.randn(24, generator=gen, dtype=dtype) if affine else None
+                        results = {}
+                        for walk in ("rows", "groups"):
+                            assert _C.set_nchw_walk(walk) == walk
+                            out, mean, var, grads = run_backend("native", x, ids, 4, weight, bias, grad)
+                            results[walk] = (out, mean, var, *grads)
+                        for rows, groups in zip(results["rows"], results["groups"]):
+                            torch.testing.assert_close(groups, rows, atol=0, rtol=0)
+                        if dtype == torch.float64:
+                            expected, expected_grads = reference_with_grads(x, ids, 4, weight, bias, grad)
+                            torch.testing.assert_close(results["groups"][0], expected, atol=1e-12, rtol=0)
+                            for mine, ref in zip(results["groups"][3:], expected_grads):
+                                torch.testing.assert_close(mine, ref, atol=1e-10, rtol=1e-10)
+    finally:
+        _C.set_nchw_walk("auto")
+    with pytest.raises(RuntimeError, match="NCHW walk must be"):
+        _C.set_nchw_walk("diagonal")
+
+
 def test_gradcheck_and_gradgradcheck_float64():
     gen = torch.Generator().manual_seed(2)
     for shape, groups in [((2, 12, 4, 3), 3), ((3, 12, 5), 4), ((1, 12, 2, 2, 3), 2), ((2, 12, 1), 3)]:

@@ -123,6 +123,9 @@ std::string set_isa(const std::string& isa) {
   return g_isa;
 }
 
+// auto NCHW walk: group by group for rows of at least this many bytes (set from bench/bench_walk.py).
+constexpr int64_t GROUP_WALK_ROW_BYTES = 32768;
+
 // Rows per task: about 32K elements each, at least one row.
 int64_t grain_rows(int64_t row_size) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_size));
@@ -172,8 +175,12 @@ const int64_t* checked_group_ids(const at::Tensor& group_id, int64_t channels, i
 
 // The grouping, indexed for the loops: group k is channels members[offsets[k] ..
 // offsets[k + 1]) (counting sort); row r = (i, c) belongs to group entry row_group[r] = i * K + ids[c].
+// `contiguous`: every group is a run of consecutive channels (GN's grouping is).
 struct Members {
   std::vector<int64_t> members, offsets, row_group;
+  bool contiguous = true;
+  int64_t size(int64_t k) const { return offsets[k + 1] - offsets[k]; }
+  int64_t first_member(int64_t k) const { return size(k) > 0 ? members[offsets[k]] : 0; }
   Members(const int64_t* ids, int64_t n, int64_t channels, int64_t num_groups)
       : members(channels), offsets(num_groups + 1, 0), row_group(n * channels) {
     for (int64_t c = 0; c < channels; ++c) ++offsets[ids[c] + 1];
@@ -182,6 +189,8 @@ struct Members {
     for (int64_t c = 0; c < channels; ++c) members[next[ids[c]]++] = c;
     for (int64_t i = 0; i < n; ++i)
       for (int64_t c = 0; c < channels; ++c) row_group[i * channels + c] = i * num_groups + ids[c];
+    for (int64_t c = 1; c < channels; ++c)
+      if (ids[c] != ids[c - 1] && size(ids[c]) > 0 && members[offsets[ids[c]]] != c) contiguous = false;
   }
 };
 
@@ -204,6 +213,28 @@ template <> const Passes<float, float>& passes_for(at::ScalarType) { return g_ke
 template <> const Passes<double, double>& passes_for(at::ScalarType) { return g_kernels.f64; }
 template <> const Passes<uint16_t, float>& passes_for(at::ScalarType dtype) {
   return dtype == at::kBFloat16 ? g_kernels.bf16 : g_kernels.f16;
+}
+
+// How NCHW tensors are walked: "rows" (every row's statistics, then every row's output: each pass
+// streams the whole tensor), "groups" (when every group is a run of consecutive channels: one
+// group's rows at a time, the second pass reading them from cache, as GN does) or "auto" (the
+// default; see group_walk). Tests and benchmarks pick one.
+std::string g_nchw_walk = "auto";
+
+std::string set_nchw_walk(const std::string& walk) {
+  TORCH_CHECK(walk == "auto" || walk == "rows" || walk == "groups", "NCHW walk must be 'auto', 'rows' or 'groups', got '",
+              walk, "'");
+  g_nchw_walk = walk;
+  return g_nchw_walk;
+}
+
+// Whether an NCHW pass goes group by group (see g_nchw_walk): in "auto", for groups of consecutive
+// channels with long rows. Shuffled groups are walked by rows: their rows, fetched one by one from
+// scattered places, were slower than one stream (bench/RESULTS.md).
+bool group_walk(const Shape& shape, size_t element_bytes, const Members& groups) {
+  if (shape.last || !groups.contiguous || g_nchw_walk == "rows") return false;
+  if (g_nchw_walk == "groups") return true;
+  return int64_t(element_bytes) * shape.size >= GROUP_WALK_ROW_BYTES;
 }
 
 // Channels last: runs of positions of one sample, about GRAIN_SIZE elements each (work items).
@@ -360,43 +391,62 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Shape& shape, co
   T* cv = channel_var.data_ptr<T>();
   T* gm_out = group_mean_t.data_ptr<T>();
   T* rstd_out = group_rstd_t.data_ptr<T>();
-  std::vector<double> mean(rows), var(rows);
-  moments(p, storage<S>(x), shape, mean.data(), var.data());
+  std::vector<double> mean(rows), var(rows), group_mean(n * num_groups), group_rstd(n * num_groups);
+  std::vector<T> scale(rows), shift(rows);
 
   // Group mean = mean of its channel means; variance = mean of (var_c + (mean_c - group mean)^2).
-  std::vector<double> group_mean(n * num_groups), group_rstd(n * num_groups);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < num_groups; ++k) {
-      const int64_t* first = groups.members.data() + groups.offsets[k];
-      const int64_t* last = groups.members.data() + groups.offsets[k + 1];
-      const double* m = mean.data() + i * channels;
-      const double* v = var.data() + i * channels;
-      double sum = 0.0, spread = 0.0;
-      for (const int64_t* c = first; c < last; ++c) sum += m[*c];
-      const double gm = sum / count[k];
-      for (const int64_t* c = first; c < last; ++c) spread += v[*c] + (m[*c] - gm) * (m[*c] - gm);
-      const double rstd = 1.0 / std::sqrt(spread / count[k] + eps);
-      group_mean[i * num_groups + k] = gm;
-      group_rstd[i * num_groups + k] = rstd;
-      gm_out[i * num_groups + k] = T(gm);
-      rstd_out[i * num_groups + k] = T(rstd);
-    }
-
+  auto group_statistics = [&](int64_t i, int64_t k) {
+    const int64_t* first = groups.members.data() + groups.offsets[k];
+    const int64_t* last = groups.members.data() + groups.offsets[k + 1];
+    const double* m = mean.data() + i * channels;
+    const double* v = var.data() + i * channels;
+    double sum = 0.0, spread = 0.0;
+    for (const int64_t* c = first; c < last; ++c) sum += m[*c];
+    const double gm = sum / count[k];
+    for (const int64_t* c = first; c < last; ++c) spread += v[*c] + (m[*c] - gm) * (m[*c] - gm);
+    const double rstd = 1.0 / std::sqrt(spread / count[k] + eps);
+    group_mean[i * num_groups + k] = gm;
+    group_rstd[i * num_groups + k] = rstd;
+    gm_out[i * num_groups + k] = T(gm);
+    rstd_out[i * num_groups + k] = T(rstd);
+  };
   // y = (x - m_c) * scale + shift with m_c the channel mean in T (x - m_c is exact
   // when they are close), scale = rstd * w, shift = (m_c - group mean) * scale + b.
-  std::vector<T> scale(rows), shift(rows);
+  auto row_parameters = [&](int64_t r, int64_t c) {
+    const int64_t g = groups.row_group[r];
+    cm[r] = T(mean[r]);
+    cv[r] = T(var[r]);
+    double a = group_rstd[g];
+    if (wp) a *= wp[c];
+    double b = (double(cm[r]) - group_mean[g]) * a;
+    if (bp) b += bp[c];
+    scale[r] = T(a);
+    shift[r] = T(b);
+  };
+
+  if (group_walk(shape, sizeof(S), groups)) {
+    // One group at a time: its rows' statistics, then its rows' output while they are in cache.
+    const S* xs = storage<S>(x);
+    S* ys = storage<S>(y);
+    const int64_t size = shape.size;
+    at::parallel_for(0, n * num_groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t entry = begin; entry < end; ++entry) {
+        const int64_t i = entry / num_groups, k = entry % num_groups;
+        const int64_t first = i * channels + groups.first_member(k), len = groups.size(k);
+        if (len > 0) p.rows_moments(xs + first * size, size, len, &mean[first], &var[first]);
+        group_statistics(i, k);
+        for (int64_t r = first; r < first + len; ++r) row_parameters(r, r - i * channels);
+        if (len > 0) p.rows_affine(xs + first * size, ys + first * size, size, len, &cm[first], &scale[first], &shift[first]);
+      }
+    });
+    return {y, channel_mean, channel_var, group_mean_t, group_rstd_t};
+  }
+
+  moments(p, storage<S>(x), shape, mean.data(), var.data());
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t r = i * channels + c, g = groups.row_group[r];
-      cm[r] = T(mean[r]);
-      cv[r] = T(var[r]);
-      double a = group_rstd[g];
-      if (wp) a *= wp[c];
-      double b = (double(cm[r]) - group_mean[g]) * a;
-      if (bp) b += bp[c];
-      scale[r] = T(a);
-      shift[r] = T(b);
-    }
+    for (int64_t k = 0; k < num_groups; ++k) group_statistics(i, k);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < channels; ++c) row_parameters(i * channels + c, c);
   affine(p, storage<S>(x), storage<S>(y), shape, cm, scale.data(), shift.data());
   return {y, channel_mean, channel_var, group_mean_t, group_rstd_t};
 }
@@ -417,38 +467,58 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
   std::vector<T> center(rows);
   for (int64_t r = 0; r < rows; ++r) center[r] = T(group_mean_d[groups.row_group[r]]);
   std::vector<double> sum_dy(rows), sum_dy_xhat(rows);
-  grad_sums(p, storage<S>(dy), storage<S>(x), shape, center.data(), sum_dy.data(), sum_dy_xhat.data());
-  for (int64_t r = 0; r < rows; ++r) sum_dy_xhat[r] *= rstd[groups.row_group[r]];  // now sum(dy * x_hat)
-
   at::Tensor dx;
-  if (needs_dx) {
-    dx = at::empty_like(x);
-    // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size elements.
-    std::vector<double> coef_x(n * num_groups), coef_const(n * num_groups);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t k = 0; k < num_groups; ++k) {
-        double wdy = 0.0, wdy_xhat = 0.0;
-        for (int64_t j = groups.offsets[k]; j < groups.offsets[k + 1]; ++j) {
-          const int64_t c = groups.members[j], r = i * channels + c;
-          const double wc = wp ? wp[c] : 1.0;
-          wdy += sum_dy[r] * wc;
-          wdy_xhat += sum_dy_xhat[r] * wc;
-        }
-        const int64_t g = i * num_groups + k;
-        const double elements = count[k] * double(size);
-        coef_x[g] = -rstd[g] * rstd[g] * (wdy_xhat / elements);
-        coef_const[g] = -rstd[g] * (wdy / elements);
+  if (needs_dx) dx = at::empty_like(x);
+  std::vector<T> row_dy(needs_dx ? rows : 0), row_x(row_dy.size()), row_const(row_dy.size());
+  // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size
+  // elements: the per-row coefficients of group k of sample i, from its rows' sums.
+  auto group_coefficients = [&](int64_t i, int64_t k) {
+    double wdy = 0.0, wdy_xhat = 0.0;
+    for (int64_t j = groups.offsets[k]; j < groups.offsets[k + 1]; ++j) {
+      const int64_t c = groups.members[j], r = i * channels + c;
+      const double wc = wp ? wp[c] : 1.0;
+      wdy += sum_dy[r] * wc;
+      wdy_xhat += sum_dy_xhat[r] * wc;
+    }
+    const int64_t g = i * num_groups + k;
+    const double elements = count[k] * double(size);
+    const T coef_x = T(-rstd[g] * rstd[g] * (wdy_xhat / elements));
+    const T coef_const = T(-rstd[g] * (wdy / elements));
+    for (int64_t j = groups.offsets[k]; j < groups.offsets[k + 1]; ++j) {
+      const int64_t c = groups.members[j], r = i * channels + c;
+      row_dy[r] = T(wp ? rstd[g] * wp[c] : rstd[g]);
+      row_x[r] = coef_x;
+      row_const[r] = coef_const;
+    }
+  };
+
+  if (needs_dx && group_walk(shape, sizeof(S), groups)) {
+    // One group at a time: its rows' sums, then its rows' dx while dy and x are in cache.
+    const S* dys = storage<S>(dy);
+    const S* xs = storage<S>(x);
+    S* dxs = storage<S>(dx);
+    at::parallel_for(0, n * num_groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t entry = begin; entry < end; ++entry) {
+        const int64_t i = entry / num_groups, k = entry % num_groups;
+        const int64_t first = i * channels + groups.first_member(k), len = groups.size(k);
+        if (len == 0) continue;
+        p.rows_grad_sums(dys + first * size, xs + first * size, size, len, &center[first], &sum_dy[first],
+                         &sum_dy_xhat[first]);
+        for (int64_t r = first; r < first + len; ++r) sum_dy_xhat[r] *= rstd[entry];  // now sum(dy * x_hat)
+        group_coefficients(i, k);
+        p.rows_grad_input(dys + first * size, xs + first * size, dxs + first * size, size, len, &row_dy[first],
+                          &center[first], &row_x[first], &row_const[first]);
       }
-    std::vector<T> row_dy(rows), row_x(rows), row_const(rows);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t c = 0; c < channels; ++c) {
-        const int64_t r = i * channels + c, g = groups.row_group[r];
-        row_dy[r] = T(wp ? rstd[g] * wp[c] : rstd[g]);
-        row_x[r] = T(coef_x[g]);
-        row_const[r] = T(coef_const[g]);
-      }
-    grad_input(p, storage<S>(dy), storage<S>(x), storage<S>(dx), shape, row_dy.data(), center.data(), row_x.data(),
-               row_const.data());
+    });
+  } else {
+    grad_sums(p, storage<S>(dy), storage<S>(x), shape, center.data(), sum_dy.data(), sum_dy_xhat.data());
+    for (int64_t r = 0; r < rows; ++r) sum_dy_xhat[r] *= rstd[groups.row_group[r]];  // now sum(dy * x_hat)
+    if (needs_dx) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t k = 0; k < num_groups; ++k) group_coefficients(i, k);
+      grad_input(p, storage<S>(dy), storage<S>(x), storage<S>(dx), shape, row_dy.data(), center.data(),
+                 row_x.data(), row_const.data());
+    }
   }
 
   std::vector<at::Tensor> out(3);
@@ -845,6 +915,17 @@ ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const
   return outs;
 }
 
+// How the kernels walk `input` under `group_id`: "channels_last", "rows" or "groups" (for tests and
+// bench/bench_layer.py, which print it).
+std::string walk_for(const Tensor& input, const Tensor& group_id, int64_t num_groups) {
+  const Tensor x = walkable(input);
+  const Shape shape = *walk(x);
+  if (shape.last) return "channels_last";
+  const Tensor ids = group_id.to(at::kLong).contiguous();
+  const Members groups(checked_group_ids(ids, shape.channels, num_groups), 1, shape.channels, num_groups);
+  return group_walk(shape, x.element_size(), groups) ? "groups" : "rows";
+}
+
 // Registers the kernels with the dispatcher. Called by dgn_plugins/ops.py after it defined the
 // schemas (not at load time), so that an extension built for other schemas fails with a Python
 // exception the package can report, instead of aborting the process.
@@ -872,5 +953,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_isas", &supported_isas, "Instruction sets the row loops can use on this CPU, best first");
   m.def("set_isa", &set_isa, "Use one instruction set's row loops ('' = best); returns the one in use",
         py::arg("isa") = "");
+  m.def("set_nchw_walk", &set_nchw_walk, "Walk NCHW tensors by 'rows', by 'groups' or 'auto' (the default)",
+        py::arg("walk") = "auto");
+  m.def("walk_for", &walk_for, "How the kernels walk an input under a grouping: 'rows', 'groups' or "
+        "'channels_last'", py::arg("input"), py::arg("group_id"), py::arg("num_groups"));
   m.def("isa", []() { return g_isa; }, "Instruction set of the row loops in use");
 }
