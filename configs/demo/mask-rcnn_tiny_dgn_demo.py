@@ -14,4 +14,4 @@ model = dict(
     roi_head=dict(
         bbox_head=dict(norm_cfg=norm_cfg), mask_head=dict(norm_cfg=norm_cfg)))
 
-custom_hooks = [dict(type='DGNRegroupHook', interval=50, stop=250)]
+custom_hooks = [dict(type='DGNRegroupHook', interval=0.1, stop=0.9)]

@@ -39,12 +39,17 @@ def add_dgn_config(cfg: CN) -> CN:
     _C.MODEL.DGN.SEED = 0
     _C.MODEL.DGN.EPS = 1e-5
 
-    # When DGNRegroupHook regroups: after every INTERVAL finished iterations
-    # from START up to STOP (-1: until the end). INTERVAL 0 disables the hook.
+    # When DGNRegroupHook regroups: after every INTERVAL finished iterations from START
+    # up to STOP. By default both are shares of SOLVER.MAX_ITER, the study's choice
+    # (bench/RESULTS.md): every 10% of the run, none in its last 10%.
+    # INTERVAL: -1 = INTERVAL_SHARE of the run; 0 disables the hook; > 0 iterations.
     _C.MODEL.DGN.REGROUP = CN()
-    _C.MODEL.DGN.REGROUP.INTERVAL = 1000
+    _C.MODEL.DGN.REGROUP.INTERVAL = -1
+    _C.MODEL.DGN.REGROUP.INTERVAL_SHARE = 0.1
     _C.MODEL.DGN.REGROUP.START = 0
+    # STOP: -1 = STOP_SHARE of the run (1.0: to the end); >= 0 iterations.
     _C.MODEL.DGN.REGROUP.STOP = -1
+    _C.MODEL.DGN.REGROUP.STOP_SHARE = 0.9
     # Leave frozen layers (FREEZE_AT stages: requires_grad=False) alone.
     _C.MODEL.DGN.REGROUP.ONLY_TRAINABLE = True
     # Log one line per layer at each regroup, besides the totals.
@@ -73,16 +78,28 @@ def dgn_layer_options(cfg: CN) -> dict:
 def regroup_options(cfg: CN) -> Optional[dict]:
     """``DGNRegroupHook`` keyword arguments from ``cfg.MODEL.DGN.REGROUP``; None when disabled."""
     regroup = _dgn_node(cfg).REGROUP
-    if regroup.INTERVAL <= 0:
+    if regroup.INTERVAL == 0:
         return None
     return dict(
-        interval=int(regroup.INTERVAL),
+        interval=int(regroup.INTERVAL) if regroup.INTERVAL > 0 else _share("INTERVAL_SHARE", regroup.INTERVAL_SHARE),
         start=int(regroup.START),
-        stop=int(regroup.STOP) if regroup.STOP >= 0 else None,
+        stop=int(regroup.STOP) if regroup.STOP >= 0 else _stop_share(regroup.STOP_SHARE),
         only_trainable=bool(regroup.ONLY_TRAINABLE),
         log_per_layer=bool(regroup.LOG_PER_LAYER),
         records_file=os.path.join(cfg.OUTPUT_DIR, regroup.RECORDS_FILE) if regroup.RECORDS_FILE else None,
     )
+
+
+def _share(name: str, value) -> float:
+    share = float(value)
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"MODEL.DGN.REGROUP.{name} must lie in (0, 1) (a share of SOLVER.MAX_ITER), got {value}")
+    return share
+
+
+def _stop_share(value) -> Optional[float]:
+    """STOP_SHARE as the hook's ``stop``: None (to the end) at 1.0 or more."""
+    return None if float(value) >= 1.0 else _share("STOP_SHARE", value)
 
 
 def _dgn_node(cfg: CN) -> CN:

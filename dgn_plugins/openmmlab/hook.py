@@ -2,7 +2,7 @@
 
 Add it to a config as::
 
-    custom_hooks = [dict(type='DGNRegroupHook', interval=1000)]
+    custom_hooks = [dict(type='DGNRegroupHook')]  # every 10% of the run, none in its last 10%
 
 It regroups every trainable DGN layer (training mode, parameters not frozen:
 frozen stages and ``requires_grad=False`` layers are left alone), keeps the

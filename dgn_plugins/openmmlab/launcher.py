@@ -68,8 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     dgn.add_argument("--dgn-interval", type=_steps, default=0.1,
                      help="regroup every N iterations, or every share of the run as a float in (0, 1) "
                           "(default 0.1: every tenth of training)")
-    dgn.add_argument("--dgn-stop", type=int,
-                     help="last iteration that may regroup (default: before the last LR step, else at 90%%)")
+    dgn.add_argument("--dgn-stop", type=_steps,
+                     help="last iteration that may regroup, or a share of the run (default: the hook's, 0.9: none "
+                          "in the last tenth); both defaults are the study's choice (bench/RESULTS.md)")
     dgn.add_argument("--dgn-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
                      help="DGN layer options, e.g. alpha=0.5 percentile=0.75 group_size=16 (GN's num_groups is kept)")
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
@@ -292,9 +293,8 @@ def _apply_dgn_switch(cfg, switch, runner_cls):
 
 
 def _add_regroup_hook(runner, cfg, switch, changes) -> None:
-    """``--dgn``: add DGNRegroupHook (stop before the last LR step) and log what was changed."""
+    """``--dgn``: add DGNRegroupHook (the study's schedule unless given) and log what was changed."""
     from dgn_plugins.openmmlab import DGNRegroupHook
-    from dgn_plugins.openmmlab.switch import default_stop
 
     log = runner.logger
     log.info(f"--dgn: {len(changes['norm_cfgs'])} GN norm_cfg(s) now DGN: {', '.join(changes['norm_cfgs']) or 'none'}"
@@ -304,13 +304,12 @@ def _add_regroup_hook(runner, cfg, switch, changes) -> None:
     if any(isinstance(hook, DGNRegroupHook) for hook in runner.hooks):
         log.info("--dgn: the config already has a DGNRegroupHook; none added")
         return
-    stop, why = switch["stop"], "--dgn-stop"
-    if stop is None:
-        loop = runner.train_loop  # built here (its data loader too); train() reuses it
-        iters_per_epoch = len(loop.dataloader) if hasattr(loop, "max_epochs") else 1
-        stop, why = default_stop(cfg.get("param_scheduler"), loop.max_iters, iters_per_epoch)
-    runner.register_hook(DGNRegroupHook(interval=switch["interval"], stop=stop))
-    log.info(f"--dgn: added DGNRegroupHook(interval={switch['interval']}, stop={stop}), stop {why}")
+    schedule = dict(interval=switch["interval"])
+    if switch["stop"] is not None:
+        schedule["stop"] = switch["stop"]
+    hook = DGNRegroupHook(**schedule)
+    runner.register_hook(hook)
+    log.info(f"--dgn: added DGNRegroupHook(interval={hook.schedule.interval}, stop={hook.schedule.stop})")
 
 
 def main(argv=None):

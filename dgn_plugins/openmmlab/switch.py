@@ -9,14 +9,14 @@ a shipped DGN config (``configs/mmdet/*dgn*.py``) does in a file:
 - ``nn.GroupNorm`` layers a model builds itself, outside any ``norm_cfg``, are
   converted by :func:`~dgn_plugins.convert_gn_to_dgn` right after the build
   (before the model is wrapped and the optimizer made);
-- ``DGNRegroupHook`` is added, with ``stop`` before the last learning-rate
-  step (a ``MultiStepLR``/``StepLR`` milestone), else at 90% of training, so
-  the end of training runs on the final grouping.
+- ``DGNRegroupHook`` is added, on the study's schedule unless told otherwise
+  (every 10% of training, none in its last 10%, so the end of training runs
+  on the final grouping; bench/RESULTS.md).
 """
 from __future__ import annotations
 
 import inspect
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Mapping
 
 from ..grouping import DGNOptionError
 from ..inference.convert import convert_gn_to_dgn
@@ -24,16 +24,12 @@ from ..layer import DynamicGroupNorm
 from ..regrouping.model import dgn_layers
 from .norm_check import iter_norm_cfgs
 
-__all__ = ["LAYER_OPTIONS", "check_layer_options", "gn_norm_cfgs_to_dgn", "converting_runner_class",
-           "last_lr_step", "default_stop"]
+__all__ = ["LAYER_OPTIONS", "check_layer_options", "gn_norm_cfgs_to_dgn", "converting_runner_class"]
 
 #: ``--dgn-options`` keys: DynamicGroupNorm's keyword arguments, read from its signature
 #: (the hook's are --dgn-interval/--dgn-stop).
 LAYER_OPTIONS = tuple(name for name in inspect.signature(DynamicGroupNorm).parameters
                       if name not in ("num_channels", "affine", "device", "dtype", "bias"))
-
-_STEP_SCHEDULERS = ("MultiStepLR", "MultiStepParamScheduler", "StepLR", "StepParamScheduler")
-
 
 def check_layer_options(options: Mapping) -> dict:
     unknown = sorted(set(options) - set(LAYER_OPTIONS))
@@ -70,33 +66,3 @@ def converting_runner_class(base, options: Mapping, converted: List[str]):
         return built
 
     return type(f"DGN{base.__name__}", (base,), {"build_model": build_model})
-
-
-def last_lr_step(param_scheduler, iters_per_epoch: int) -> Optional[Tuple[int, str]]:
-    """``(iteration, description)`` of the last step-scheduler milestone; None without one."""
-    schedulers = param_scheduler if isinstance(param_scheduler, (list, tuple)) else [param_scheduler]
-    best = None
-    for scheduler in schedulers:
-        if not isinstance(scheduler, Mapping) or scheduler.get("type") not in _STEP_SCHEDULERS:
-            continue
-        if "milestones" in scheduler:
-            steps = list(scheduler["milestones"])
-        else:  # StepLR: every step_size until end
-            size, end = scheduler.get("step_size"), scheduler.get("end")
-            steps = list(range(size, end, size)) if size and end and end < 10**9 else []
-        if not steps:
-            continue
-        by_epoch = scheduler.get("by_epoch", True) and not scheduler.get("convert_to_iter_based", False)
-        iteration = max(steps) * (iters_per_epoch if by_epoch else 1)
-        unit = f"epoch {max(steps)}" if by_epoch else f"iteration {max(steps)}"
-        if best is None or iteration > best[0]:
-            best = (iteration, f"the last LR step ({scheduler['type']} at {unit})")
-    return best
-
-
-def default_stop(param_scheduler, max_iters: int, iters_per_epoch: int) -> Tuple[int, str]:
-    """``stop`` for the hook and why: before the last LR step, else at 90% of ``max_iters``."""
-    step = last_lr_step(param_scheduler, iters_per_epoch)
-    if step is not None and 0 < step[0] <= max_iters:
-        return step[0] - 1, f"before {step[1]}"
-    return max(int(0.9 * max_iters), 0), f"at 90% of the {max_iters} iterations (no step LR schedule)"

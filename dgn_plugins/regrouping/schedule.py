@@ -10,6 +10,7 @@ shares into steps once the run's length is known.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Union
 
@@ -54,19 +55,21 @@ class RegroupSchedule:
         return any(_is_share(v) for v in (self.interval, self.start, self.stop))
 
     def resolve(self, total: int) -> "RegroupSchedule":
-        """This schedule in steps for a run of ``total`` steps (shares rounded; an interval >= 1)."""
+        """This schedule in steps for a run of ``total`` steps (shares rounded, ``stop`` down; an interval >= 1)."""
         if not self.has_shares:
             return self
         if total <= 0:
             raise ValueError(f"a regroup schedule given as shares of the run ({self}) needs the run's length; "
                              f"got {total} steps")
 
-        def steps(value):
-            return round(value * total) if _is_share(value) else value
+        def steps(value, rounding=round):
+            return rounding(value * total) if _is_share(value) else value
 
+        # stop rounds down: the run's last share stays free of regroups even when short
+        # (stop=0.9 of 3 steps is 2, not 3, which would regroup after the last step).
         interval = max(1, steps(self.interval))
         return replace(self, interval=interval, start=steps(self.start),
-                       stop=None if self.stop is None else steps(self.stop))
+                       stop=None if self.stop is None else steps(self.stop, math.floor))
 
     def describe(self) -> str:
         """``interval``/``start``/``stop`` as given, for log text."""

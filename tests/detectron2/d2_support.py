@@ -65,6 +65,7 @@ def tiny_train_opts(output_dir: str, max_iter: int, *, interval: int = 2, checkp
         "DATALOADER.NUM_WORKERS", "0",
         "MODEL.DGN.REGROUP.INTERVAL", str(interval),
         "MODEL.DGN.REGROUP.START", "0",
+        "MODEL.DGN.REGROUP.STOP_SHARE", "1.0",  # to the end: these runs check the hook's mechanics
         "TEST.EVAL_PERIOD", "0",
         "DATASETS.TEST", "()",
     ]
@@ -125,5 +126,5 @@ dataloader.test.num_workers = 0
 train.max_iter = 2
 train.eval_period = 0
 train.checkpointer.period = 100
-train.dgn_regroup = dict(interval=1)
+train.dgn_regroup = dict(interval=1, stop=None)  # to the end: the test checks the mechanics
 """

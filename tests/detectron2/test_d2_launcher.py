@@ -23,6 +23,7 @@ def _tiny_opts(output_dir, max_iter=2):
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", "()",
         "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
         "MODEL.DGN.REGROUP.INTERVAL", "1", "MODEL.DGN.REGROUP.START", "0",
+        "MODEL.DGN.REGROUP.STOP_SHARE", "1.0",  # regroup to the end: these runs check the mechanics
         "OUTPUT_DIR", str(output_dir),
     ]
 

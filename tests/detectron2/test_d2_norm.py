@@ -44,10 +44,31 @@ def test_add_dgn_config_defaults_match_detectron2_gn():
     cfg = add_dgn_config(get_cfg())
     options = dgn_layer_options(cfg)
     assert options["num_groups"] == 32 and options["group_size"] is None  # get_norm's "GN" is GroupNorm(32, C)
-    assert cfg.MODEL.DGN.REGROUP.INTERVAL > 0
     cfg.merge_from_list(["MODEL.DGN.GROUP_SIZE", "16", "MODEL.DGN.ALPHA", "0.25"])
     assert dgn_layer_options(cfg)["group_size"] == 16
     assert dgn_layer_options(cfg)["alpha"] == 0.25
+
+
+def test_regroup_schedule_defaults_to_the_studys_shares():
+    """MODEL.DGN.REGROUP: every 10% of SOLVER.MAX_ITER, none in the last 10% (bench/RESULTS.md),
+    unless a config gives iterations; INTERVAL 0 disables; a share outside (0, 1) is named."""
+    from detectron2.config import get_cfg
+
+    from dgn_plugins.detectron2 import regroup_options
+
+    cfg = add_dgn_config(get_cfg())
+    options = regroup_options(cfg)
+    assert (options["interval"], options["start"], options["stop"]) == (0.1, 0, 0.9)
+    cfg.merge_from_list(["MODEL.DGN.REGROUP.INTERVAL", "1000", "MODEL.DGN.REGROUP.STOP", "250000"])
+    options = regroup_options(cfg)
+    assert (options["interval"], options["stop"]) == (1000, 250000)
+    cfg.merge_from_list(["MODEL.DGN.REGROUP.STOP", "-1", "MODEL.DGN.REGROUP.STOP_SHARE", "1.0"])
+    assert regroup_options(cfg)["stop"] is None
+    cfg.merge_from_list(["MODEL.DGN.REGROUP.INTERVAL", "-1", "MODEL.DGN.REGROUP.INTERVAL_SHARE", "1.5"])
+    with pytest.raises(ValueError, match="INTERVAL_SHARE must lie in"):
+        regroup_options(cfg)
+    cfg.merge_from_list(["MODEL.DGN.REGROUP.INTERVAL", "0"])
+    assert regroup_options(cfg) is None
 
 
 def test_missing_add_dgn_config_is_explained():

@@ -6,12 +6,10 @@ from mmdet_helpers import ROOT, shrink_mask_rcnn, tiny_run_cfg
 
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 
-from mmengine.config import Config  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dgn_plugins import DynamicGroupNorm, dgn_layers  # noqa: E402
 from dgn_plugins.openmmlab import DGNRegroupHook  # noqa: E402
-from dgn_plugins.openmmlab.switch import default_stop, last_lr_step  # noqa: E402
 
 MMDET_GN = "mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py"
 
@@ -35,13 +33,13 @@ def test_mmdet_gn_config_trains_with_regrouping(train_tool, tiny_coco, tmp_path)
     assert len(layers) == 1 + 3 * 16 + 4 + 8 + 4 + 4  # backbone, FPN, box head, mask head: every GN place
     assert all(layer.alpha == 0.4 and layer.percentile == 0.5 and layer.num_groups == 32 for _, layer in layers)
     (hook,) = regroup_hooks(runner)
-    assert hook.schedule.interval == 1 and hook.schedule.stop == 2  # the LR step (MultiStepLR) is at 3
+    assert (hook.schedule.interval, hook.schedule.stop) == (1, 0.9)  # the study's stop, a share of the run
     runner.train()
-    assert hook.regroups_done == 2
+    assert hook.schedule.stop == 2 and hook.regroups_done == 2  # 90% of 3 iterations, rounded down
     assert any(int(layer.num_regroups) == 2 for _, layer in dgn_layers(runner.model))
     text = log_text(runner)
     assert "--dgn: 4 GN norm_cfg(s) now DGN: model.backbone.norm_cfg, model.neck.norm_cfg" in text
-    assert "DGNRegroupHook(interval=1, stop=2), stop before the last LR step (MultiStepLR at iteration 3)" in text
+    assert "--dgn: added DGNRegroupHook(interval=1, stop=0.9)" in text
 
 
 def test_group_norm_built_outside_norm_cfg_is_converted(train_tool, tiny_coco, tmp_path):
@@ -66,20 +64,18 @@ def test_mmseg_gn_config_trains_with_regrouping(train_tool, tmp_path):
     runner = train_tool.main(argv)
     assert not [n for n, m in runner.model.named_modules() if type(m) is nn.GroupNorm]
     (hook,) = regroup_hooks(runner)
-    assert hook.schedule.stop == 3 and hook.regroups_done == 3  # PolyLR has no step: stop at 90% of 4
+    assert hook.schedule.stop == 3 and hook.regroups_done == 3  # 90% of 4 iterations, rounded down
     text = log_text(runner)
     assert "model.backbone.norm_cfg, model.decode_head.norm_cfg, model.auxiliary_head.norm_cfg" in text
-    assert "stop at 90% of the 4 iterations" in text
+    assert "--dgn: added DGNRegroupHook(interval=1, stop=0.9)" in text
 
 
-def test_default_stop_of_the_shipped_schedules():
-    mmdet_2x = Config.fromfile(os.path.join(ROOT, "configs", "mmdet", "mask-rcnn_r50_fpn_dgn-all_2x_coco.py"))
-    iteration, why = last_lr_step(mmdet_2x.param_scheduler, iters_per_epoch=7330)
-    assert iteration == 22 * 7330 and "epoch 22" in why
-    stop, _ = default_stop(mmdet_2x.param_scheduler, 24 * 7330, 7330)
-    shipped = next(h for h in mmdet_2x.custom_hooks if h["type"] == "DGNRegroupHook")["stop"]
-    assert shipped <= stop < 22 * 7330  # what the shipped twin sets, up to its interval
-    assert default_stop([dict(type="PolyLR", eta_min=0, power=0.9, by_epoch=False)], 20000, 1)[0] == 18000
+def test_dgn_stop_takes_iterations_or_a_share(train_tool, tiny_coco, tmp_path):
+    switch = ["--dgn", "--dgn-interval", "1", "--dgn-stop", "1"]
+    cfg = shrink_mask_rcnn(tiny_run_cfg(train_tool, MMDET_GN, tmp_path, tiny_coco, max_iters=3, extra_args=switch))
+    runner = train_tool.build_runner(cfg)
+    (hook,) = regroup_hooks(runner)
+    assert (hook.schedule.interval, hook.schedule.stop) == (1, 1)
 
 
 def test_bad_switch_options_are_one_line(train_tool, tmp_path, capsys):
