@@ -1,6 +1,6 @@
 # The DGN twin of mask-rcnn_tiny_gn_demo.py: the same model with every GN
-# replaced by DGN (same groups at the start), regrouped every 50 iterations up
-# to iteration 250 (of ~300), so the last ones train on the final grouping.
+# replaced by DGN (same groups at the start), regrouped on the study's
+# schedule (bench/RESULTS.md): every 10% of the run, none in its last 10%.
 # Same data, schedule, seed.
 _base_ = './mask-rcnn_tiny_gn_demo.py'
 custom_imports = dict(
