@@ -8,7 +8,7 @@ dispatcher runs on the CPU) and the ``reference`` backend (the plain PyTorch
 formulation), interleaved with GN in one run so that the ratios sit side by
 side. Both modules are in training mode (DGN updates its running statistics).
 ``walk`` says how the native kernels went through the tensor: ``rows`` (each
-pass streams the whole tensor), ``groups`` (GN's grouping with long rows: one
+pass streams the whole tensor), ``groups`` (GN's grouping in float32: one
 group at a time, as GN does; bench/bench_walk.py compares the two) or ``cl``.
 The last row, ``overhead``, is a 2x64x1x1 input: the fixed cost of one layer's
 forward+backward. Targets: forward+backward <= 1.10x GN on every row, NCHW

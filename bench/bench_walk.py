@@ -5,19 +5,22 @@ streams the whole tensor. ``groups`` goes one group at a time, its second pass
 reading the group's rows from cache, as GN's own kernel does; it applies when
 every group is a run of consecutive channels (GN's grouping; a shuffled
 grouping falls back to ``rows``, whose single stream was faster than fetching
-scattered rows one by one). ``auto`` takes ``groups`` for rows of at least
-GROUP_WALK_ROW_BYTES (dgn_plugins/csrc/dgn_cpu.cpp), set from this table.
+scattered rows one by one). ``auto`` takes ``groups`` in float32/float64 and
+``rows`` in half precision (group_walk in dgn_plugins/csrc/dgn_cpu.cpp), as
+this table found.
 Forward+backward ratios to GN, medians on one thread's CPU clock, the three
-candidates interleaved in one run.
+candidates interleaved in one run, glibc's malloc held steady as in bench_layer.py.
 
     OMP_NUM_THREADS=1 python bench/bench_walk.py [--repeats 11]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
-from bench_layer import SHAPES, make_case, medians, step_fns
+from bench_layer import SHAPES, STEADY_MALLOC, make_case, medians, step_fns
 
 from dgn_plugins import ops
 
@@ -38,6 +41,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
+    if STEADY_MALLOC.items() - os.environ.items():  # as bench_layer.py: buffers reused, no page faults per call
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **STEADY_MALLOC})
     if not ops.native_available():
         parser.error(f"the native extension dgn_plugins._C is not available ({ops.native_import_error()})")
     from dgn_plugins import _C

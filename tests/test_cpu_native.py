@@ -120,15 +120,16 @@ def contiguous_group_ids(sizes):
 
 
 def test_nchw_group_walk_matches_the_row_walk_and_the_reference():
-    """Groups of consecutive channels with long rows go group by group (as GN does); shuffled groups
-    and short rows by rows. Both walks do the same arithmetic, so they agree to the bit."""
+    """Groups of consecutive channels in float32/64 go group by group (as GN does); shuffled groups
+    and half precision by rows. Both walks do the same arithmetic, so they agree to the bit."""
     gen = torch.Generator().manual_seed(3)
     contiguous = [contiguous_group_ids([3, 9, 4, 8]), contiguous_group_ids([6, 6, 6, 6])]
     shuffled = random_group_ids(24, 4, 3, 9, gen)
     long_rows, short_rows = (2, 24, 100, 90), (2, 24, 5, 7)
     assert [_C.walk_for(torch.empty(long_rows), ids, 4) for ids in contiguous] == ["groups", "groups"]
     assert _C.walk_for(torch.empty(long_rows), shuffled, 4) == "rows"
-    assert _C.walk_for(torch.empty(short_rows), contiguous[0], 4) == "rows"
+    assert _C.walk_for(torch.empty(short_rows), contiguous[0], 4) == "groups"
+    assert _C.walk_for(torch.empty(long_rows, dtype=torch.bfloat16), contiguous[0], 4) == "rows"
     assert _C.walk_for(torch.empty(long_rows).to(memory_format=torch.channels_last), contiguous[0], 4) == \
         "channels_last"
     try:

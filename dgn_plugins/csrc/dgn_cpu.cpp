@@ -123,9 +123,6 @@ std::string set_isa(const std::string& isa) {
   return g_isa;
 }
 
-// auto NCHW walk: group by group for rows of at least this many bytes (set from bench/bench_walk.py).
-constexpr int64_t GROUP_WALK_ROW_BYTES = 32768;
-
 // Rows per task: about 32K elements each, at least one row.
 int64_t grain_rows(int64_t row_size) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_size));
@@ -229,12 +226,14 @@ std::string set_nchw_walk(const std::string& walk) {
 }
 
 // Whether an NCHW pass goes group by group (see g_nchw_walk): in "auto", for groups of consecutive
-// channels with long rows. Shuffled groups are walked by rows: their rows, fetched one by one from
-// scattered places, were slower than one stream (bench/RESULTS.md).
+// channels stored in float32 or float64, where it was faster than the row walk at every row length
+// in bench/bench_walk.py (by 0.02-0.13x GN's time); in bfloat16/float16 the row walk was as fast or
+// faster. Shuffled groups are walked by rows: their rows, fetched one by one from scattered places,
+// were slower than one stream (bench/RESULTS.md).
 bool group_walk(const Shape& shape, size_t element_bytes, const Members& groups) {
   if (shape.last || !groups.contiguous || g_nchw_walk == "rows") return false;
   if (g_nchw_walk == "groups") return true;
-  return int64_t(element_bytes) * shape.size >= GROUP_WALK_ROW_BYTES;
+  return element_bytes >= 4;
 }
 
 // Channels last: runs of positions of one sample, about GRAIN_SIZE elements each (work items).
