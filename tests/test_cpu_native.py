@@ -261,24 +261,35 @@ def test_stable_at_large_mean_to_std_ratio(isa, ratio, side):
 
 
 def test_threads_give_identical_results():
-    """Rows are split across threads; each row's arithmetic, and the group math, do not depend on the split."""
-    ids = random_group_ids(64, 8, 4, 12)
-    count = torch.bincount(ids, minlength=8)
+    """Rows, groups and channels-last runs are split across threads; each one's arithmetic, and the way
+    their sums are combined, do not depend on the split. The channels-last case spans several runs
+    (2^18 elements each) per sample, so their combination is checked against the reference too."""
+    shuffled = random_group_ids(64, 8, 4, 12)
+    contiguous = torch.arange(64) // 8
     x = torch.randn(2, 64, 40, 41) * 2 + 1
-    dy = torch.randn_like(x)
+    wide = (torch.randn(2, 64, 100, 100) * 2 + 1).to(memory_format=torch.channels_last)  # 3 runs per sample
+    cases = [("nchw rows", x, shuffled), ("nchw groups", x, contiguous), ("channels last", wide, shuffled)]
+    assert [_C.walk_for(x, ids, 8) for _, x, ids in cases] == ["rows", "groups", "channels_last"]
     weight, bias = torch.randn(64), torch.randn(64)
     before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            fwd = group_norm(x, weight, bias, ids, count, 8)
-            results.append(fwd + group_norm_backward(dy, x, weight, fwd[3], fwd[4], ids, count, 8, True, True, True))
-    finally:
-        torch.set_num_threads(before)
-    for other in results[1:]:
-        for mine, theirs in zip(other, results[0]):
-            assert torch.equal(mine, theirs)
+    for name, x, ids in cases:
+        count = torch.bincount(ids, minlength=8)
+        dy = torch.randn_like(x)
+        results = []
+        try:
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                fwd = group_norm(x, weight, bias, ids, count, 8)
+                results.append(fwd + group_norm_backward(dy, x, weight, fwd[3], fwd[4], ids, count, 8,
+                                                         True, True, True))
+        finally:
+            torch.set_num_threads(before)
+        for other in results[1:]:
+            for mine, theirs in zip(other, results[0]):
+                assert torch.equal(mine, theirs), name
+        expected, expected_grads = reference_with_grads(x, ids, 8, weight, bias, dy)
+        torch.testing.assert_close(results[0][0].double(), expected, atol=2e-6, rtol=0, msg=name)
+        torch.testing.assert_close(results[0][5].double(), expected_grads[0], atol=2e-5, rtol=1e-5, msg=name)
 
 
 def test_the_dispatcher_runs_the_extension_on_the_cpu():
