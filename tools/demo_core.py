@@ -2,7 +2,8 @@
 
 Needs only torch and scipy (+ matplotlib for the figure). Each pair starts from
 the same weights (DGN equals GN at start), trains on the same batches, and DGN
-regroups every ``--regroup-interval`` iterations. One pair is one seed: its
+regroups on the study's schedule (bench/RESULTS.md: every 10% of training, none
+in its last 10%; ``--regroup-interval``/``--regroup-stop`` change it). One pair is one seed: its
 difference mixes the method with training noise, so several seeds are trained
 (5 by default, seconds to a minute each) and the table gives each accuracy
 (clean and noisy) as mean ± 95% CI, with the paired DGN − GN difference and
@@ -99,15 +100,23 @@ def train(model, images, labels, iters, batch, lr, schedule=None, log=print, bat
     return history
 
 
+def _steps(text: str):
+    """Iterations (``50``) or a share of training (``0.1``)."""
+    value = float(text)
+    return int(value) if value >= 1 else value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--regroup-interval", type=int, default=50)
-    parser.add_argument("--regroup-stop", type=float, default=0.7,
-                        help="last regroup at this fraction of training, so the weights adapt to the final groups")
-    parser.add_argument("--percentile", type=float, default=0.5)
+    parser.add_argument("--regroup-interval", type=_steps, default=0.1,
+                        help="iterations between regroups, or a share of training (default 0.1, the study's)")
+    parser.add_argument("--regroup-stop", type=_steps, default=0.9,
+                        help="last regroup at this iteration, or share of training (default 0.9, the study's), so "
+                             "the weights adapt to the final groups")
+    parser.add_argument("--percentile", type=float, default=None, help="default: the layer's (0.75, the study's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)),
                         help="one GN/DGN pair per seed (initial weights, batch order); default 0-4")
     parser.add_argument("--train-size", type=int, default=4000, help="generated training images")
@@ -122,8 +131,9 @@ def main(argv=None):
     data = (train_images, train_labels, test_images, test_labels, noisy_images)
 
     runs, history, dgn_model = [], [], None
+    schedule = RegroupSchedule(interval=args.regroup_interval, stop=args.regroup_stop).resolve(args.iters)
     print(f"{len(args.seeds)} GN/DGN pairs (seeds {args.seeds}), {args.iters} iterations each; DGN regroups every "
-          f"{args.regroup_interval} until iteration {int(args.regroup_stop * args.iters)}")
+          f"{schedule.interval} until iteration {schedule.stop}")
     for index, seed in enumerate(args.seeds):
         run, seed_history, seed_dgn = train_pair(args, seed, data, log=print if index == 0 else (lambda _: None))
         runs.append(run)
@@ -152,7 +162,8 @@ def train_pair(args, seed, data, log=print):
     train_images, train_labels, test_images, test_labels, noisy_images = data
     torch.manual_seed(seed)
     gn_model = SmallResNet()
-    dgn_model = convert_gn_to_dgn(copy.deepcopy(gn_model), percentile=args.percentile)
+    options = {} if args.percentile is None else {"percentile": args.percentile}
+    dgn_model = convert_gn_to_dgn(copy.deepcopy(gn_model), **options)
     with torch.no_grad():
         gap = (gn_model.eval()(test_images[:64]) - dgn_model.eval()(test_images[:64])).abs().max().item()
         gn_model.train(), dgn_model.train()
@@ -163,7 +174,7 @@ def train_pair(args, seed, data, log=print):
     run["GN"] = {"time_s": time.time() - start}
     start = time.time()
     history = train(dgn_model, train_images, train_labels, args.iters, args.batch, args.lr,
-                    RegroupSchedule(interval=args.regroup_interval, stop=int(args.regroup_stop * args.iters)),
+                    RegroupSchedule(interval=args.regroup_interval, stop=args.regroup_stop).resolve(args.iters),
                     log=log, batch_seed=seed + 1)
     run["DGN"] = {"time_s": time.time() - start}
     for name, model in (("GN", gn_model), ("DGN", dgn_model)):
