@@ -19,7 +19,7 @@ def main(work_dir, data_root):
     train_tool = import_train_tool()
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, work_dir, data_root, max_iters=3)
     cfg.experiment_name = "dist"
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1), dict(type="SyncBuffersHook")]
+    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1, stop=None), dict(type="SyncBuffersHook")]
     config_file = os.path.join(work_dir, f"tiny_dgn_rank{os.environ['RANK']}.py")
     cfg.dump(config_file)
     runner = train_tool.main([config_file, "--launcher", "pytorch", "--work-dir", work_dir])

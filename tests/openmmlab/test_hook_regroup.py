@@ -71,7 +71,7 @@ def test_schedule_in_shares_of_the_run(train_tool, tiny_coco, tmp_path):
 def test_by_epoch_schedule(train_tool, tiny_coco, tmp_path):
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, tmp_path, tiny_coco, max_iters=4)
     cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=2, val_interval=100)  # 2 iterations per epoch
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1, by_epoch=True)]
+    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1, by_epoch=True, stop=None)]  # after both epochs
     runner = train_tool.build_runner(cfg)
     runner.train()
     assert regroup_hook(runner).regroups_done == 2
@@ -82,7 +82,7 @@ def test_regroups_are_logged_to_text_json_and_tensorboard(train_tool, tiny_coco,
     pytest.importorskip("tensorboard", reason="tensorboard is not installed")
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, tmp_path, tiny_coco, max_iters=4)
     cfg.visualizer.vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=2)]
+    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=2, stop=None)]
     runner = train_tool.build_runner(cfg)
     runner.train()
     assert changed_layers(runner.model), "no grouping changed: the logging test would be vacuous"
@@ -127,7 +127,7 @@ def test_ema_model_follows_regroups(train_tool, tiny_coco, tmp_path, update_buff
     copies integer ones: the hook must hand the EMA copy every new grouping."""
     hooks = [
         dict(type="EMAHook", momentum=0.5, update_buffers=update_buffers),
-        dict(type="DGNRegroupHook", interval=1),
+        dict(type="DGNRegroupHook", interval=1, stop=None),  # to the end: 2 regroups in 2 iterations
     ]
     runner = run(train_tool, tmp_path, tiny_coco, hooks, max_iters=2)
     assert changed_layers(runner.model), "no grouping changed: the EMA test would be vacuous"

@@ -21,7 +21,7 @@ def first_run(train_tool, tiny_coco, tmp_path_factory):
     """4 iterations, regroup and checkpoint every 2, EMAHook on."""
     work_dir = tmp_path_factory.mktemp("first_run")
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, work_dir, tiny_coco, max_iters=4, checkpoint_interval=2)
-    cfg.custom_hooks = [dict(type="EMAHook", momentum=0.5), dict(type="DGNRegroupHook", interval=2)]
+    cfg.custom_hooks = [dict(type="EMAHook", momentum=0.5), dict(type="DGNRegroupHook", interval=2, stop=None)]
     runner = train_tool.build_runner(cfg)
     runner.train()
     return work_dir
@@ -29,7 +29,7 @@ def first_run(train_tool, tiny_coco, tmp_path_factory):
 
 def runner_from(train_tool, tiny_coco, work_dir, checkpoint, resume, max_iters=4):
     cfg = tiny_run_cfg(train_tool, DEMO_DGN, work_dir, tiny_coco, max_iters=max_iters, checkpoint_interval=2)
-    cfg.custom_hooks = [dict(type="EMAHook", momentum=0.5), dict(type="DGNRegroupHook", interval=2)]
+    cfg.custom_hooks = [dict(type="EMAHook", momentum=0.5), dict(type="DGNRegroupHook", interval=2, stop=None)]
     cfg.resume, cfg.load_from = resume, str(checkpoint)  # what --resume PATH sets
     return train_tool.build_runner(cfg)
 

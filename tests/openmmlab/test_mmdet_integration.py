@@ -36,7 +36,7 @@ def randomize_norms(model, seed=0):
 
 def test_shipped_r50_config_trains_and_regroups_trainable_layers(train_tool, tiny_coco, tmp_path):
     cfg = shrink_mask_rcnn(tiny_run_cfg(train_tool, MMDET_DGN_CONFIGS[0], tmp_path, tiny_coco, max_iters=2))
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1)]
+    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1, stop=None)]
     runner = train_tool.build_runner(cfg)
     runner.train()
 

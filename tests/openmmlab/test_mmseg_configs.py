@@ -157,7 +157,7 @@ def test_dgn_demo_trains_and_evaluates_on_data_it_generates(tmp_path):
         loader.dataset.data_root = data_root
     cfg.train_dataloader.batch_size = 4
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=2, val_interval=2)
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1)]
+    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=1, stop=None)]
     cfg.default_hooks.checkpoint = None
     cfg.work_dir = str(tmp_path / "work")
     runner = Runner.from_cfg(cfg)

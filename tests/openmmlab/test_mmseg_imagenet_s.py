@@ -343,7 +343,7 @@ def test_dgn_imagenet_s_919_trains_a_few_iterations_on_tiny_inputs(imagenet_s_ro
             if transform.type == "RandomCrop":
                 transform.crop_size = (64, 64)
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=2, val_interval=2)
-    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=2)]
+    cfg.custom_hooks = [dict(type="DGNRegroupHook", interval=2, stop=None)]
     cfg.default_hooks.checkpoint = None
     cfg.work_dir = str(tmp_path / "work")
 

@@ -37,7 +37,7 @@ def trained_model(train_tool, config, work_dir, data_root, hooks):
 def trained(train_tool, tiny_coco, tmp_path_factory):
     """{"GN": (config, checkpoint), "DGN": (config, checkpoint)}, 2 iterations each."""
     work_dir = tmp_path_factory.mktemp("robustness_mmdet")
-    regroup = [dict(type="DGNRegroupHook", interval=1)]
+    regroup = [dict(type="DGNRegroupHook", interval=1, stop=None)]
     return {
         "GN": trained_model(train_tool, DEMO_GN, work_dir / "gn", tiny_coco, []),
         "DGN": trained_model(train_tool, DEMO_DGN, work_dir / "dgn", tiny_coco, regroup),
