@@ -130,6 +130,14 @@ def test_nchw_group_walk_matches_the_row_walk_and_the_reference():
     assert _C.walk_for(torch.empty(long_rows), shuffled, 4) == "rows"
     assert _C.walk_for(torch.empty(short_rows), contiguous[0], 4) == "groups"
     assert _C.walk_for(torch.empty(long_rows, dtype=torch.bfloat16), contiguous[0], 4) == "rows"
+    before = torch.get_num_threads()
+    try:  # fewer groups (N * K = 2) than threads: the rows spread over all of them
+        torch.set_num_threads(3)
+        assert _C.walk_for(torch.empty(1, 24, 5, 7), torch.zeros(24, dtype=torch.long), 2) == "rows"
+        torch.set_num_threads(1)
+        assert _C.walk_for(torch.empty(1, 24, 5, 7), torch.zeros(24, dtype=torch.long), 2) == "groups"
+    finally:
+        torch.set_num_threads(before)
     assert _C.walk_for(torch.empty(long_rows).to(memory_format=torch.channels_last), contiguous[0], 4) == \
         "channels_last"
     try:

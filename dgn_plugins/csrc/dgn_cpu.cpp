@@ -230,10 +230,13 @@ std::string set_nchw_walk(const std::string& walk) {
 // in bench/bench_walk.py (by 0.02-0.13x GN's time); in bfloat16/float16 the row walk was as fast or
 // faster. Shuffled groups are walked by rows: their rows, fetched one by one from scattered places,
 // were slower than one stream (bench/RESULTS.md).
+// The group walk's work items are the N * K groups: with fewer than there are threads (one sample,
+// one group) "auto" keeps the row walk, whose rows spread over every thread.
 bool group_walk(const Shape& shape, size_t element_bytes, const Members& groups) {
   if (shape.last || !groups.contiguous || g_nchw_walk == "rows") return false;
   if (g_nchw_walk == "groups") return true;
-  return element_bytes >= 4;
+  const int64_t entries = shape.n * int64_t(groups.offsets.size() - 1);
+  return element_bytes >= 4 && entries >= at::get_num_threads();
 }
 
 // Channels last: runs of positions of one sample, about RUN_ELEMENTS elements each (work items). Each
