@@ -45,6 +45,7 @@ def test_shares_of_the_run_resolve_against_its_length():
     assert resolved.final_step_warning(2500) is None
     assert RegroupSchedule(interval=0.001).resolve(100).interval == 1  # never below one step
     assert RegroupSchedule(interval=1, stop=0.9).resolve(3).stop == 2  # not after the last step of a short run
+    assert RegroupSchedule(interval=1, stop=0.29).resolve(100).stop == 29  # 0.29 * 100 is 28.999999999999996
     assert RegroupSchedule(interval=0.25, start=0.5).resolve(40) == RegroupSchedule(interval=10, start=20)
     plain = RegroupSchedule(interval=7, stop=30)
     assert plain.resolve(100) is plain and not plain.has_shares

@@ -66,10 +66,11 @@ class RegroupSchedule:
             return rounding(value * total) if _is_share(value) else value
 
         # stop rounds down: the run's last share stays free of regroups even when short
-        # (stop=0.9 of 3 steps is 2, not 3, which would regroup after the last step).
+        # (stop=0.9 of 3 steps is 2, not 3, which would regroup after the last step); the
+        # tolerance keeps products like 0.29 * 100 = 28.999999999999996 at 29.
         interval = max(1, steps(self.interval))
         return replace(self, interval=interval, start=steps(self.start),
-                       stop=None if self.stop is None else steps(self.stop, math.floor))
+                       stop=None if self.stop is None else steps(self.stop, lambda x: math.floor(x + 1e-9)))
 
     def describe(self) -> str:
         """``interval``/``start``/``stop`` as given, for log text."""
