@@ -28,7 +28,7 @@ from torch import nn
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize  # noqa: E402
 from dgn_plugins.evaluation.demo_noise import interval_verdict  # noqa: E402
 from dgn_plugins.evaluation.plots import plot_history  # noqa: E402
-from dgn_plugins.regrouping.schedule import RegroupSchedule  # noqa: E402
+from dgn_plugins.regrouping.schedule import RegroupSchedule, steps_argument  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -100,20 +100,14 @@ def train(model, images, labels, iters, batch, lr, schedule=None, log=print, bat
     return history
 
 
-def _steps(text: str):
-    """Iterations (``50``) or a share of training (``0.1``)."""
-    value = float(text)
-    return int(value) if value >= 1 else value
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--regroup-interval", type=_steps, default=0.1,
+    parser.add_argument("--regroup-interval", type=steps_argument, default=0.1,
                         help="iterations between regroups, or a share of training (default 0.1, the study's)")
-    parser.add_argument("--regroup-stop", type=_steps, default=0.9,
+    parser.add_argument("--regroup-stop", type=steps_argument, default=0.9,
                         help="last regroup at this iteration, or share of training (default 0.9, the study's), so "
                              "the weights adapt to the final groups")
     parser.add_argument("--percentile", type=float, default=None, help="default: the layer's (0.75, the study's)")

@@ -26,18 +26,9 @@ import os
 import os.path as osp
 import sys
 
+from dgn_plugins.regrouping.schedule import steps_argument
+
 OPENMMLAB_TOOLKITS = ("mmdet", "mmseg")
-
-
-def _steps(text: str):
-    """A number of steps (``500``) or a share of the run (``0.1``)."""
-    try:
-        return int(text)
-    except ValueError:
-        value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text}: a share of the run lies in (0, 1); iterations are an integer")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,10 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     dgn = parser.add_argument_group("GN -> DGN", "run a GN config with Dynamic Group Normalization, no config file needed")
     dgn.add_argument("--dgn", action="store_true",
                      help="replace every GN norm_cfg (and nn.GroupNorm built directly) with DGN and add DGNRegroupHook")
-    dgn.add_argument("--dgn-interval", type=_steps, default=0.1,
+    dgn.add_argument("--dgn-interval", type=steps_argument, default=0.1,
                      help="regroup every N iterations, or every share of the run as a float in (0, 1) "
                           "(default 0.1: every tenth of training)")
-    dgn.add_argument("--dgn-stop", type=_steps,
+    dgn.add_argument("--dgn-stop", type=steps_argument,
                      help="last iteration that may regroup, or a share of the run (default: the hook's, 0.9: none "
                           "in the last tenth); both defaults are the study's choice (bench/RESULTS.md)")
     dgn.add_argument("--dgn-options", nargs="+", action=DictAction, metavar="KEY=VALUE",

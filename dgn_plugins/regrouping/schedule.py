@@ -10,6 +10,7 @@ shares into steps once the run's length is known.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Union
@@ -20,7 +21,18 @@ Steps = Union[int, float]
 def _is_share(value) -> bool:
     return isinstance(value, float)
 
-__all__ = ["RegroupSchedule"]
+__all__ = ["RegroupSchedule", "steps_argument"]
+
+
+def steps_argument(text: str) -> Steps:
+    """An argparse ``type`` for a schedule value: a number of steps (``500``) or a share of the run (``0.1``)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a share of the run lies in (0, 1); iterations are an integer")
+    return value
 
 
 @dataclass
