@@ -39,7 +39,7 @@ def native_extension():
     extension = CppExtension(
         "dgn_plugins._C",
         ["dgn_plugins/csrc/dgn_cpu.cpp"],
-        depends=["dgn_plugins/csrc/dgn_rows.h"],
+        depends=["dgn_plugins/csrc/dgn_rows.h", "dgn_plugins/csrc/dgn_passes.h"],
         extra_compile_args=flags,
         extra_link_args=["-fopenmp"],  # ATen's inline at::parallel_for is an OpenMP region
     )

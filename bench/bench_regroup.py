@@ -30,12 +30,12 @@ from common import trained_channel_statistics  # noqa: E402
 
 from dgn_plugins import convert_gn_to_dgn, dgn_layers  # noqa: E402
 from dgn_plugins.regrouping import rule as regroup  # noqa: E402
-from dgn_plugins.regrouping.model import regroup_model  # noqa: E402
 from dgn_plugins.regrouping.solver import (  # noqa: E402
     ConstrainedKMeansResult,
     inertia_of,
     kmeans,  # noqa: E402
 )
+from dgn_plugins.training.model import regroup_model  # noqa: E402
 
 
 def prepared_model(seed: int):

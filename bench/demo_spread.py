@@ -86,7 +86,7 @@ def train_one(part: str, model: str, seed: int, args, data_root) -> dict:
     del runner
     gc.collect()
     if part == "detection":
-        from dgn_plugins.evaluation.datasets.synthetic_coco import annotation_path
+        from dgn_plugins.data.synthetic_coco import annotation_path
 
         metrics = detection_metrics(annotation_path(data_root, "val"), osp.join(work_dir, "predictions.pkl"))
     else:
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.work_dir, exist_ok=True)
     # The code this process loaded: HEAD now, not when a later run finishes.
     args.commit = shell("git rev-parse --short HEAD") + (" (uncommitted changes)" if shell("git status --porcelain -uno") else "")
-    from dgn_plugins.evaluation.datasets.synthetic_coco import ensure_synthetic_coco
+    from dgn_plugins.data.synthetic_coco import ensure_synthetic_coco
 
     data_root = ensure_synthetic_coco(args.data_root) if "detection" in args.parts else None
     record = {

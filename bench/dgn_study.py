@@ -82,7 +82,7 @@ class Setting:
                     momentum=self.momentum, alpha=self.alpha, seed=seed)
 
     def schedule(self, iters: int):
-        from dgn_plugins.regrouping.schedule import RegroupSchedule
+        from dgn_plugins.training.schedule import RegroupSchedule
 
         return RegroupSchedule(interval=max(1, round(self.interval * iters)), stop=round(self.stop * iters))
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgn_plugins import regroup_model
-from dgn_plugins.regrouping.schedule import RegroupSchedule
+from dgn_plugins.training.schedule import RegroupSchedule
 
 DATA_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DATA_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -7,16 +7,16 @@ process-wide state. ``import dgn_plugins.openmmlab`` (a config's
 ``norm_cfg=dict(type='DGN')`` works in MMDetection/MMSegmentation.
 """
 from . import ops  # noqa: F401  (registers the dgn:: operators first: everything below calls them)
+from .conversion.convert import convert_gn_to_dgn
+from .conversion.freeze import FrozenDynamicGroupNorm, freeze
 from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
 from .grouping import GroupBounds, Grouping, default_group_ids, group_bounds
-from .inference.convert import convert_gn_to_dgn
-from .inference.freeze import FrozenDynamicGroupNorm, freeze
 from .layer import DynamicGroupNorm
 from .ops import set_backend, use_backend
-from .regrouping.controller import RegroupController, summarize
-from .regrouping.model import dgn_layers, is_trainable, regroup_model
 from .regrouping.policy import RegroupPolicy
 from .regrouping.rule import RegroupReport
+from .training.controller import RegroupController, summarize
+from .training.model import dgn_layers, is_trainable, regroup_model
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dgn_plugins import DynamicGroupNorm, RegroupController, RegroupPolicy, dgn_layers, regroup_model
-from dgn_plugins.regrouping.records import RegroupRecords
+from dgn_plugins.training.records import RegroupRecords
 
 
 def _model():

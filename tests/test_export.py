@@ -6,7 +6,7 @@ import torch
 from reference import random_group_ids
 from torch import nn
 
-from dgn_plugins.inference.freeze import FrozenDynamicGroupNorm, freeze
+from dgn_plugins.conversion.freeze import FrozenDynamicGroupNorm, freeze
 from dgn_plugins.layer import DynamicGroupNorm
 
 #: ONNX operators a DGN model may export to: standard ones, nothing custom.

@@ -3,7 +3,7 @@ import json
 import os
 import stat
 
-from dgn_plugins.regrouping.records import RegroupRecords
+from dgn_plugins.training.records import RegroupRecords
 
 
 def write(path, steps):

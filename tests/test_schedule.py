@@ -1,6 +1,6 @@
 import pytest
 
-from dgn_plugins.regrouping.schedule import RegroupSchedule
+from dgn_plugins.training.schedule import RegroupSchedule
 
 
 def test_due_every_interval_between_start_and_stop():

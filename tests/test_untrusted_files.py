@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from dgn_plugins.data.safe_load import UnsafeFileError, load_data_file
 from dgn_plugins.evaluation.compare import coco, miou
-from dgn_plugins.evaluation.safe_load import UnsafeFileError, load_data_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

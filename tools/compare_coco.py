@@ -8,7 +8,7 @@ Logic lives in ``dgn_plugins.evaluation.compare.coco``; run ``--help`` for every
 """
 import sys
 
-from dgn_plugins.evaluation.compare.coco import main  # noqa: E402
+from dgn_plugins.evaluation.compare.coco import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ Logic lives in ``dgn_plugins.evaluation.compare.miou``; run ``--help`` for every
 """
 import sys
 
-from dgn_plugins.evaluation.compare.miou import main  # noqa: E402
+from dgn_plugins.evaluation.compare.miou import main
 
 if __name__ == "__main__":
     sys.exit(main())

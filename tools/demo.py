@@ -100,7 +100,7 @@ def detection_overrides(data_root: str, work_dir: str, epochs) -> dict:
 
 
 def run_detection(args) -> None:
-    from dgn_plugins.evaluation.datasets.synthetic_coco import annotation_path, ensure_synthetic_coco
+    from dgn_plugins.data.synthetic_coco import annotation_path, ensure_synthetic_coco
 
     data_root = ensure_synthetic_coco(args.data_root)
     metrics, predictions = {}, {}

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize  # noqa: E402
-from dgn_plugins.evaluation.demo_noise import interval_verdict  # noqa: E402
-from dgn_plugins.evaluation.plots import plot_history  # noqa: E402
-from dgn_plugins.regrouping.schedule import RegroupSchedule, steps_argument  # noqa: E402
+from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize
+from dgn_plugins.evaluation.demo_noise import interval_verdict
+from dgn_plugins.evaluation.plots import plot_history
+from dgn_plugins.training.schedule import RegroupSchedule, steps_argument
 
 NUM_CLASSES = 10
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dgn_plugins.evaluation.plots import (  # noqa: E402
+from dgn_plugins.evaluation.plots import (
     PlotError,
     gn_start,
     plot_timelines,

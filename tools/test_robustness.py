@@ -41,9 +41,9 @@ import os
 import sys
 from pathlib import Path
 
-from dgn_plugins.evaluation.compare import ComparisonError  # noqa: E402
-from dgn_plugins.evaluation.compare.report import add_output_arguments, comparison_to_dict, emit  # noqa: E402
-from dgn_plugins.evaluation.robustness.corruptions import (  # noqa: E402
+from dgn_plugins.evaluation.compare import ComparisonError
+from dgn_plugins.evaluation.compare.report import add_output_arguments, comparison_to_dict, emit
+from dgn_plugins.evaluation.robustness.corruptions import (
     CORRUPTIONS,
     CorruptionError,
     check_corruptions,

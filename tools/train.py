@@ -7,11 +7,12 @@ Detectron2 yacs/LazyConfig files go to ``dgn_plugins.detectron2.launcher``)::
     python tools/train.py CONFIG --resume            # latest checkpoint in work_dir
     python tools/train.py mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py --dgn   # a GN config as DGN
 
-The launcher lives in :mod:`dgn_plugins.openmmlab.launcher`.
+The toolkit is chosen in :mod:`dgn_plugins.launch`; the launchers live in
+:mod:`dgn_plugins.openmmlab.launcher` and :mod:`dgn_plugins.detectron2.launcher`.
 """
 import sys
 
-from dgn_plugins.openmmlab.launcher import cli
+from dgn_plugins.launch import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

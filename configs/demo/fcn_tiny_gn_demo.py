@@ -1,7 +1,7 @@
 # A tiny FCN (ResNet-18 at a quarter of the width, dilated to output stride 8)
 # with GN in the backbone, the decode head and the auxiliary head, trained from
 # scratch on a generated shapes set in the ImageNet-S layout
-# (dgn_plugins/evaluation/datasets/synthetic_seg.py: 64 px images, "others" + 4 shape
+# (dgn_plugins/data/synthetic_seg.py: 64 px images, "others" + 4 shape
 # classes, RGB labels R + 256 * G with ignore = 1000, 240 train / 80 val, made
 # on first use). It runs the ImageNet-S code path: ImageNetSDataset,
 # LoadImageNetS{ImageFromFile,Annotations}, ImageNetSIoUMetric. About 40 s

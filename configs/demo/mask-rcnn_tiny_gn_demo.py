@@ -1,6 +1,6 @@
 # A tiny Mask R-CNN with GN everywhere (the layout of mmdet's gn/ configs:
 # backbone, FPN, Shared4Conv1FC box head, FCN mask head), trained from scratch
-# on the generated shapes set (dgn_plugins/evaluation/datasets/synthetic_coco.py: 96 px
+# on the generated shapes set (dgn_plugins/data/synthetic_coco.py: 96 px
 # images, 3 classes, 300 train / 50 val, made on first use). A few minutes on
 # 2 CPU cores. Its DGN twin is mask-rcnn_tiny_dgn_demo.py.
 _base_ = [

@@ -1,6 +1,6 @@
-// Compiled inner loops of dgn_plugins.kmeans (2-D and wider features).
+// Compiled inner loops of dgn_plugins.regrouping.solver (2-D and wider features), built as dgn_plugins._kmeans.
 //
-// The same algorithms as the numpy code in kmeans.py, which stays the reference
+// The same algorithms as the numpy code in regrouping/solver/ (kmeans.py, transport.py), which stays the reference
 // and the fallback: Lloyd iterations whose assignment step is an exact
 // size-bounded transportation problem, solved by successive shortest paths on
 // the (k + 1)-node graph of clusters plus a slack node and warm-started from the

@@ -13,7 +13,7 @@ from typing import Optional
 
 from detectron2.config import CfgNode as CN
 
-from ..regrouping.records import RECORDS_FILE
+from ..training.records import RECORDS_FILE
 
 __all__ = ["add_dgn_config", "dgn_layer_options", "regroup_options"]
 

@@ -2,7 +2,7 @@
 
 ``dgn_synthetic_coco_train`` / ``dgn_synthetic_coco_val`` are registered with
 ``register_coco_instances`` (so ``COCOEvaluator`` works as on COCO) over
-:mod:`dgn_plugins.evaluation.datasets.synthetic_coco`, generated on first use under
+:mod:`dgn_plugins.data.synthetic_coco`, generated on first use under
 ``$DGN_SYNTHETIC_COCO`` (default ``data/synthetic_coco``, the folder the
 OpenMMLab demo configs use too).
 """
@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from ..evaluation.datasets.synthetic_coco import CLASSES, SyntheticCocoSpec, annotation_path, ensure_synthetic_coco
+from ..data.synthetic_coco import CLASSES, SyntheticCocoSpec, annotation_path, ensure_synthetic_coco
 
 __all__ = ["SYNTHETIC_COCO_PREFIX", "default_root", "register_synthetic_coco", "register_datasets_of"]
 

@@ -24,8 +24,8 @@ from typing import List, Optional, Union
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-from ..regrouping.controller import RegroupController
 from ..regrouping.policy import RegroupPolicy
+from ..training.controller import RegroupController
 
 __all__ = ["DGNRegroupHook", "insert_regroup_hook", "SCALAR_PREFIX"]
 
@@ -40,7 +40,7 @@ _AFTER_REGROUP = (hooks.PeriodicCheckpointer, hooks.BestCheckpointer, hooks.Eval
 
 class DGNRegroupHook(HookBase):
     """Regroup every trainable DGN layer after each ``interval`` finished iterations:
-    Detectron2's events translated to a :class:`~dgn_plugins.regrouping.controller.RegroupController`.
+    Detectron2's events translated to a :class:`~dgn_plugins.training.controller.RegroupController`.
 
     Args:
         interval: regroup after iterations ``interval, 2 * interval, ...``,

@@ -32,7 +32,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
 from ..grouping import DGNOptionError
-from ..regrouping.records import RECORDS_FILE
+from ..training.records import RECORDS_FILE
 from .hook import DGNRegroupHook, insert_regroup_hook
 
 __all__ = ["regroup_hook_from_lazy", "train", "test", "build_model", "ddp_device_kwargs"]

@@ -173,7 +173,7 @@ def _toolkit_checkpoint_globals() -> list:
 
 def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] = None) -> Dict[str, GroupTimeline]:
     """Groupings of every DGN layer across checkpoints, ordered by training step."""
-    from .safe_load import UnsafeFileError, load_torch_file
+    from ..data.safe_load import UnsafeFileError, load_torch_file
 
     loaded = []
     for index, path in enumerate(paths):

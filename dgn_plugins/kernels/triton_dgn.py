@@ -38,7 +38,6 @@ Tests run these kernels on the CPU through Triton's interpreter
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -49,15 +48,10 @@ from torch import Tensor
 from ..functional import compute_dtype
 from ..grouping import Grouping
 
-__all__ = ["forward_kernel", "backward_kernel", "interpreting"]
+__all__ = ["forward_kernel", "backward_kernel"]
 
 #: Above this |group mean| / group std, the apply passes subtract the group mean first.
 PIVOT_RATIO = 16.0
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # --------------------------------------------------------------------- kernels

@@ -16,7 +16,7 @@ into a checkpoint besides tensors:
 
 Applied by an explicit call, :func:`allow_mmengine_checkpoint_types`, that
 launchers make (``tools/train.py``); the plotting tool passes
-:func:`mmengine_checkpoint_globals` to :func:`dgn_plugins.evaluation.safe_load.load_torch_file`,
+:func:`mmengine_checkpoint_globals` to :func:`dgn_plugins.data.safe_load.load_torch_file`,
 which allows them for one call only.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import List
 
 import torch
 
-from ..evaluation.safe_load import numpy_globals
+from ..data.safe_load import numpy_globals
 
 __all__ = ["history_buffer_method", "mmengine_checkpoint_globals", "allow_mmengine_checkpoint_types"]
 

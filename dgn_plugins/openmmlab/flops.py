@@ -7,7 +7,7 @@ so it gets GN's counter hook.
 """
 from mmcv.cnn.utils import flops_counter
 
-from ..inference.freeze import FrozenDynamicGroupNorm
+from ..conversion.freeze import FrozenDynamicGroupNorm
 from ..layer import DynamicGroupNorm
 
 DGN_TYPES = (DynamicGroupNorm, FrozenDynamicGroupNorm)

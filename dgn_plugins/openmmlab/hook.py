@@ -21,10 +21,10 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseAveragedModel, is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
-from ..regrouping.controller import STATISTICS_OPTIONS, RegroupController
-from ..regrouping.model import follow_groupings
 from ..regrouping.policy import RegroupPolicy
-from ..regrouping.records import RECORDS_FILE
+from ..training.controller import STATISTICS_OPTIONS, RegroupController
+from ..training.model import follow_groupings
+from ..training.records import RECORDS_FILE
 
 __all__ = ["DGNRegroupHook", "follow_groupings"]
 
@@ -51,7 +51,7 @@ def _split_options(options: dict):
 
 class DGNRegroupHook(Hook):
     """Regroup DGN layers every ``interval`` iterations (or epochs): MMEngine's events
-    translated to a :class:`~dgn_plugins.regrouping.controller.RegroupController`.
+    translated to a :class:`~dgn_plugins.training.controller.RegroupController`.
 
     Args:
         interval: regroup after every ``interval`` finished iterations

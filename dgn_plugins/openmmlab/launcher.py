@@ -1,6 +1,6 @@
-"""Train a detector or segmentor with DGN: one launcher for MMDetection and
-MMSegmentation configs; Detectron2 yacs/LazyConfig files go to
-``dgn_plugins.detectron2.launcher`` with ``train_net.py``'s flags.
+"""Train a detector or segmentor with DGN: the launcher for MMDetection and
+MMSegmentation configs (``tools/train.py`` hands Detectron2 configs to
+``dgn_plugins.detectron2.launcher`` instead, see :mod:`dgn_plugins.launch`).
 
 The flags are those of the toolkits' own ``tools/train.py``::
 
@@ -26,7 +26,7 @@ import os
 import os.path as osp
 import sys
 
-from dgn_plugins.regrouping.schedule import steps_argument
+from dgn_plugins.training.schedule import steps_argument
 
 OPENMMLAB_TOOLKITS = ("mmdet", "mmseg")
 
@@ -74,39 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------ dispatch
-def is_detectron2_config(path: str) -> bool:
-    """Detectron2 yacs (``.yaml``) or LazyConfig (``.py`` importing detectron2)."""
-    if path.endswith((".yaml", ".yml")):
-        return True
-    if path.endswith(".py") and osp.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-        return "from detectron2" in source or "import detectron2" in source
-    return False
-
-
-def detectron2_argv(argv) -> list:
-    """``argv`` if it names a Detectron2 config (``--config-file X`` or a first
-    positional yacs/LazyConfig file), else ``[]``."""
-    if "--config-file" in argv or any(a.startswith("--config-file=") for a in argv):
-        return list(argv)
-    positional = [a for a in argv if not a.startswith("-")]
-    return list(argv) if positional and is_detectron2_config(positional[0]) else []
-
-
-def train_detectron2(argv) -> None:
-    """Hand Detectron2 configs to our Detectron2 launcher (train_net.py flags)."""
-    try:
-        from dgn_plugins.detectron2.launcher import main as detectron2_main
-    except ImportError as error:
-        raise SystemExit(
-            f"Detectron2 config given, but Detectron2 is not importable ({error}). "
-            "Build it from source: see docs/detectron2.md"
-        ) from None
-    return detectron2_main(argv)
-
-
+# ------------------------------------------------------------------ toolkit
 def toolkit_of(cfg) -> str:
     """``'mmdet'`` or ``'mmseg'``: the config's default scope, else whose registry knows the model type."""
     scope = cfg.get("default_scope")
@@ -304,10 +272,7 @@ def _add_regroup_hook(runner, cfg, switch, changes) -> None:
 
 
 def main(argv=None):
-    raw = sys.argv[1:] if argv is None else list(argv)
-    if detectron2_argv(raw):
-        return train_detectron2(raw)
-    args = parse_args(raw)
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     cfg = load_config(args)
     runner = build_runner(cfg)
     runner.train()

@@ -18,10 +18,10 @@ from __future__ import annotations
 import inspect
 from typing import List, Mapping
 
+from ..conversion.convert import convert_gn_to_dgn
 from ..grouping import DGNOptionError
-from ..inference.convert import convert_gn_to_dgn
 from ..layer import DynamicGroupNorm
-from ..regrouping.model import dgn_layers
+from ..training.model import dgn_layers
 from .norm_check import iter_norm_cfgs
 
 __all__ = ["LAYER_OPTIONS", "check_layer_options", "gn_norm_cfgs_to_dgn", "converting_runner_class"]

@@ -1,6 +1,6 @@
 """``SyntheticCocoDataset``: mmdet's ``CocoDataset`` over the generated shapes set.
 
-It generates the data set (:mod:`dgn_plugins.evaluation.datasets.synthetic_coco`) under
+It generates the data set (:mod:`dgn_plugins.data.synthetic_coco`) under
 ``data_root`` on first use, so the demo configs run on a fresh machine with
 no download. Registered in mmdet's ``DATASETS``; configs load it with
 ``custom_imports=dict(imports=['dgn_plugins.openmmlab.synthetic_coco_dataset'])``,
@@ -13,7 +13,7 @@ from typing import Optional
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
-from ..evaluation.datasets.synthetic_coco import METAINFO, SyntheticCocoSpec, ensure_synthetic_coco
+from ..data.synthetic_coco import METAINFO, SyntheticCocoSpec, ensure_synthetic_coco
 
 __all__ = ["SyntheticCocoDataset"]
 

@@ -1,12 +1,9 @@
-"""Regrouping: the poster's rule, its solver, and what runs it during training.
+"""What one layer needs to regroup itself: the poster's rule, its solver and its policy.
 
 - :mod:`.rule`: ``plan_regroup``, one layer's new grouping from its statistics (pure numpy);
 - :mod:`.solver`: size-constrained k-means (transport step, exact 1-D solver, driver);
-- :mod:`.policy`: ``RegroupPolicy``, the settings a regroup uses;
-- :mod:`.model`: ``regroup_model`` over a network, ranks kept in step by :mod:`.distributed`;
-- :mod:`.schedule`, :mod:`.records`, :mod:`.controller`: ``RegroupController``, the
-  training-time sequence both toolkit hooks translate to.
+- :mod:`.policy`: ``RegroupPolicy``, the settings a regroup uses.
 
-Nothing is imported here: ``dgn_plugins.layer`` imports the rule and the policy, and
-the model-level modules import the layer.
+It sits below the layer (``dgn_plugins.layer`` imports it) and knows nothing about
+networks or training runs: those are :mod:`dgn_plugins.training`. Nothing is imported here.
 """

@@ -77,8 +77,8 @@ def synthetic_coco_root(tmp_path_factory):
     ``DGN_SYNTHETIC_COCO`` points at it while the session runs, so launcher
     processes register the same files.
     """
+    from dgn_plugins.data.synthetic_coco import SyntheticCocoSpec
     from dgn_plugins.detectron2 import register_synthetic_coco
-    from dgn_plugins.evaluation.datasets.synthetic_coco import SyntheticCocoSpec
 
     root = str(tmp_path_factory.mktemp("d2data") / "synthetic_coco")
     spec = SyntheticCocoSpec(

@@ -13,6 +13,6 @@ def train_tool():
 @pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory):
     """Root of a tiny generated COCO set (the spec mmdet_helpers.tiny_dataset() expects)."""
-    from dgn_plugins.evaluation.datasets.synthetic_coco import SyntheticCocoSpec, ensure_synthetic_coco
+    from dgn_plugins.data.synthetic_coco import SyntheticCocoSpec, ensure_synthetic_coco
 
     return ensure_synthetic_coco(str(tmp_path_factory.mktemp("data") / "coco"), SyntheticCocoSpec(**TINY_SPEC))

@@ -26,7 +26,7 @@ from torch import nn  # noqa: E402
 
 import dgn_plugins.openmmlab  # noqa: E402,F401
 from dgn_plugins import DynamicGroupNorm  # noqa: E402
-from dgn_plugins.regrouping.schedule import RegroupSchedule  # noqa: E402
+from dgn_plugins.training.schedule import RegroupSchedule  # noqa: E402
 
 MMDET_CONFIGS = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs")
 GN_TYPE = re.compile(r"""type\s*=\s*['"]GN['"]|['"]type['"]\s*:\s*['"]GN['"]""")

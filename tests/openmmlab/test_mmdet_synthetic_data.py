@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dgn_plugins.evaluation.datasets.synthetic_coco import (
+from dgn_plugins.data.synthetic_coco import (
     CLASSES,
     SyntheticCocoSpec,
     annotation_path,

@@ -18,7 +18,7 @@ from mmseg.registry import MODELS  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dgn_plugins.openmmlab  # noqa: E402
-from dgn_plugins.evaluation.datasets import synthetic_seg  # noqa: E402
+from dgn_plugins.data import synthetic_seg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEDULES = {50: "3k", 300: "20k", 919: "60k"}

@@ -15,7 +15,7 @@ from mmseg.registry import DATASETS, METRICS, MODELS  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import dgn_plugins.openmmlab  # noqa: E402,F401  (registers everything)
-from dgn_plugins.evaluation.datasets import synthetic_seg  # noqa: E402
+from dgn_plugins.data import synthetic_seg  # noqa: E402
 from dgn_plugins.openmmlab.imagenet_s import (  # noqa: E402
     IMAGENET_S_CLASSES,
     ImageNetSDataset,

@@ -17,8 +17,8 @@ from mmdet_helpers import DEMO_GN, tiny_dataset, tiny_run_cfg
 
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 
+from dgn_plugins.data.safe_load import load_data_file  # noqa: E402
 from dgn_plugins.evaluation.compare import coco, miou  # noqa: E402
-from dgn_plugins.evaluation.safe_load import load_data_file  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -48,17 +48,19 @@ def test_detectron2_configs_are_dispatched_to_the_detectron2_launcher(tmp_path):
     yaml.write_text("MODEL:\n  RESNETS:\n    NORM: GN\n")
     lazy = tmp_path / "mask_rcnn_lazy.py"
     lazy.write_text("from detectron2.config import LazyCall as L\nmodel = L(dict)()\n")
-    assert train.detectron2_argv([str(yaml), "--num-gpus", "1"]) == [str(yaml), "--num-gpus", "1"]
-    assert train.detectron2_argv(["--config-file", str(lazy), "--eval-only"])
-    assert train.detectron2_argv([str(lazy)])
-    assert not train.detectron2_argv([DEMO_DGN, "--work-dir", str(tmp_path)])
-    assert not train.is_detectron2_config(DEMO_DGN)
+    from dgn_plugins import launch
+
+    assert launch.detectron2_argv([str(yaml), "--num-gpus", "1"]) == [str(yaml), "--num-gpus", "1"]
+    assert launch.detectron2_argv(["--config-file", str(lazy), "--eval-only"])
+    assert launch.detectron2_argv([str(lazy)])
+    assert not launch.detectron2_argv([DEMO_DGN, "--work-dir", str(tmp_path)])
+    assert not launch.is_detectron2_config(DEMO_DGN)
     try:
         import dgn_plugins.detectron2  # noqa: F401
     except ImportError:
         for config in (yaml, lazy):
             with pytest.raises(SystemExit, match="Detectron2 is not importable.*docs/detectron2.md"):
-                train.main([str(config)])
+                launch.main([str(config)])
 
 
 def test_unknown_norm_type_stops_before_building(tmp_path):

@@ -27,10 +27,10 @@ def read_results_file(path, formats=("json", "pickle", "torch")):
 
     Toolkit dumps (mmengine's ``DumpResults``, Detectron2's ``torch.save``) hold
     only dicts, lists, tensors and arrays; they are loaded by an allow-list of
-    exactly those (:mod:`dgn_plugins.evaluation.safe_load`), so a shared file cannot run
+    exactly those (:mod:`dgn_plugins.data.safe_load`), so a shared file cannot run
     code. ``formats`` restricts what is accepted (ground truth: JSON only).
     """
-    from ..safe_load import UnsafeFileError, load_data_file
+    from ...data.safe_load import UnsafeFileError, load_data_file
 
     path = Path(path)
     if not path.is_file():

@@ -6,14 +6,15 @@ dict. :mod:`dgn_plugins.evaluation.robustness.openmmlab` implements it with MMEn
 Runner, :mod:`dgn_plugins.evaluation.robustness.detectron2` with ``inference_on_dataset``
 over a mapper that corrupts images. Either module is imported only when its
 toolkit is asked for, so each works without the other installed; another
-toolkit plugs in by implementing the same two members and registering a factory.
+toolkit plugs in by implementing the same two members and adding its factory to
+``EVALUATOR_FACTORIES``.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, Optional, Protocol
+from typing import Dict, Optional, Protocol
 
-__all__ = ["CellEvaluator", "EVALUATOR_FACTORIES", "register_evaluator", "build_evaluator", "guess_toolkit"]
+__all__ = ["CellEvaluator", "EVALUATOR_FACTORIES", "build_evaluator", "guess_toolkit"]
 
 
 class CellEvaluator(Protocol):
@@ -32,11 +33,6 @@ EVALUATOR_FACTORIES: Dict[str, object] = {
 }
 
 
-def register_evaluator(toolkit: str, factory: Callable[..., CellEvaluator]) -> None:
-    """E.g. ``register_evaluator("detectron2", Detectron2Evaluator)`` from the Detectron2 adapter."""
-    EVALUATOR_FACTORIES[toolkit] = factory
-
-
 def guess_toolkit(config: str) -> str:
     """MMEngine configs are Python; Detectron2 configs are YAML (or LazyConfig .py with ``dataloader``)."""
     return "detectron2" if str(config).endswith((".yaml", ".yml")) else "openmmlab"
@@ -46,8 +42,8 @@ def build_evaluator(toolkit: str, config: str, checkpoint: Optional[str], **opti
     factory = EVALUATOR_FACTORIES.get(toolkit)
     if factory is None:
         raise ValueError(f"no robustness evaluator for toolkit {toolkit!r} yet; available: "
-                         f"{sorted(EVALUATOR_FACTORIES)} (register one with "
-                         "dgn_plugins.evaluation.robustness.evaluators.register_evaluator)")
+                         f"{sorted(EVALUATOR_FACTORIES)} (add one to "
+                         "dgn_plugins.evaluation.robustness.evaluators.EVALUATOR_FACTORIES)")
     if isinstance(factory, str):
         module, _, name = factory.partition(":")
         try:

@@ -37,7 +37,7 @@ class ImageNetSDataset(BaseSegDataset):
             ``metainfo=dict(classes=...)`` (a data set in the same format with
             other classes, such as the synthetic demo set).
         generate_if_missing: when ``data_root`` does not exist, write the
-            synthetic demo set there first (:mod:`dgn_plugins.evaluation.datasets.synthetic_seg`).
+            synthetic demo set there first (:mod:`dgn_plugins.data.synthetic_seg`).
             Only for demo configs: the real data cannot be generated.
         img_suffix, seg_map_suffix: ImageNet's ``.JPEG`` and ``.png``.
         ignore_index: 1000, the benchmark's "ignore" id.
@@ -90,7 +90,7 @@ class ImageNetSDataset(BaseSegDataset):
 
     @staticmethod
     def _generate_if_missing(data_root: Optional[str], classes) -> None:
-        from ...evaluation.datasets import synthetic_seg
+        from ...data import synthetic_seg
 
         if not data_root:
             raise ValueError("generate_if_missing=True needs data_root (where to write the synthetic set)")

@@ -4,5 +4,20 @@
 exact assignment step, :mod:`.dp1d` the 1-D case; :mod:`.common` holds what they
 share. Knows nothing about networks.
 """
-from .kmeans import *  # noqa: F403  (the public names are kmeans's, listed once there)
-from .kmeans import __all__  # noqa: F401
+from .kmeans import (
+    ConstrainedKMeansResult,
+    auto_relocations,
+    auto_starts,
+    inertia_of,
+    size_constrained_kmeans,
+)
+from .transport import constrained_assignment
+
+__all__ = [
+    "ConstrainedKMeansResult",
+    "auto_relocations",
+    "auto_starts",
+    "constrained_assignment",
+    "inertia_of",
+    "size_constrained_kmeans",
+]

@@ -28,11 +28,10 @@ from .common import (
     _squared_distances,
 )
 from .dp1d import optimal_1d_labels
-from .transport import _Transport, constrained_assignment
+from .transport import _Transport
 
 __all__ = [
     "ConstrainedKMeansResult",
-    "constrained_assignment",
     "auto_relocations",
     "auto_starts",
     "inertia_of",

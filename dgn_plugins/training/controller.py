@@ -4,7 +4,7 @@ One sequence, shared by both toolkits' hooks (which only translate their
 events and loggers to it) and usable from a plain PyTorch loop: before
 training, open the records and say what will happen; after each finished step,
 if the schedule says so, regroup the model (ranks synchronised, see
-:mod:`dgn_plugins.regrouping.distributed`), count, log, record; and save/restore the
+:mod:`dgn_plugins.training.distributed`), count, log, record; and save/restore the
 schedule for resume.
 
 Example::
@@ -23,10 +23,10 @@ from typing import Dict, Optional, Sequence, Union
 
 from torch import nn
 
+from ..regrouping.policy import RegroupPolicy, check_momentum
+from ..regrouping.rule import RegroupReport
 from .model import dgn_layers, regroup_model
-from .policy import RegroupPolicy, check_momentum
 from .records import RegroupRecords, regroup_record
-from .rule import RegroupReport
 from .schedule import RegroupSchedule
 
 __all__ = ["RegroupController", "summarize", "regroup_scalars", "describe_regroup", "STATISTICS_OPTIONS"]
@@ -78,7 +78,7 @@ class RegroupController:
     """Regroup a model's DGN layers every ``interval`` finished steps.
 
     Args:
-        interval, start, stop: the schedule (:class:`~dgn_plugins.regrouping.schedule.RegroupSchedule`),
+        interval, start, stop: the schedule (:class:`~dgn_plugins.training.schedule.RegroupSchedule`),
             in steps (ints) or shares of the run (floats in (0, 1)), resolved
             against ``total_steps`` in :meth:`before_train`; by default every
             tenth of the run and none in its last tenth (bench/RESULTS.md).
@@ -86,7 +86,7 @@ class RegroupController:
         only_trainable: skip eval-mode and frozen layers.
         log_per_layer: log one line per layer besides the totals.
         records_file: ``.jsonl`` file the main process appends a record to per
-            regroup (``None``: none), see :class:`~dgn_plugins.regrouping.records.RegroupRecords`.
+            regroup (``None``: none), see :class:`~dgn_plugins.training.records.RegroupRecords`.
         unit: what a step is, ``"iteration"`` or ``"epoch"`` (log text only).
         statistics: running-statistics options (:data:`STATISTICS_OPTIONS`)
             set on every layer before training.

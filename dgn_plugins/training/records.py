@@ -18,8 +18,8 @@ from typing import List, Optional, Sequence
 
 from torch import nn
 
+from ..regrouping.rule import RegroupReport
 from .model import dgn_layers
-from .rule import RegroupReport
 
 __all__ = ["RECORDS_FILE", "RegroupRecords", "regroup_record"]
 

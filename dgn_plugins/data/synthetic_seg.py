@@ -18,7 +18,7 @@ split, class, i)``. Files are written to a temporary folder that is then
 renamed, so concurrent callers (distributed ranks, the train and val data
 sets) never see half a data set.
 
-    python -m dgn_plugins.evaluation.datasets.synthetic_seg data/generated/imagenets_synthetic
+    python -m dgn_plugins.data.synthetic_seg data/generated/imagenets_synthetic
 """
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ from typing import List, Optional, Tuple
 from torch import nn
 
 from ..layer import DynamicGroupNorm
+from ..regrouping.policy import RegroupPolicy
+from ..regrouping.rule import RegroupReport
 from .distributed import average_channel_stats, broadcast_groupings
-from .policy import RegroupPolicy
-from .rule import RegroupReport
 
 __all__ = ["dgn_layers", "is_trainable", "regroup_model", "follow_groupings"]
 

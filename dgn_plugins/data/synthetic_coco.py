@@ -8,7 +8,7 @@ overlap, so each polygon is exactly its visible mask. Deterministic: image
 a temporary folder then renamed, so concurrent callers (distributed ranks)
 never see half a data set.
 
-    python -m dgn_plugins.evaluation.datasets.synthetic_coco data/synthetic_coco
+    python -m dgn_plugins.data.synthetic_coco data/synthetic_coco
 """
 from __future__ import annotations
 

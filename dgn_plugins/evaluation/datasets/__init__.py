@@ -1,1 +1,0 @@
-"""Generated data sets for demos and tests (numpy + PIL, no download)."""
