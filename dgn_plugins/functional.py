@@ -27,6 +27,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import compat
+
 __all__ = [
     "dynamic_group_norm",
     "dynamic_group_norm_with_stats",
@@ -219,7 +221,7 @@ def dynamic_group_norm_with_stats(
     the portable formulation is recorded instead (standard operators only, so
     the graph runs without this package; no statistics, no update).
     """
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+    if torch.jit.is_tracing() or compat.is_exporting():
         return group_norm_by_assignment(x, assignment_matrix(group_id, num_groups), weight, bias, eps), None, None
     _check_input(x, group_id)
     if group_count is None:

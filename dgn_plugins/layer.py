@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import ops  # noqa: F401  (registers the dgn:: operators)
+from . import compat, ops  # noqa: F401  (ops registers the dgn:: operators)
 from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
 from .grouping import (
     DGNOptionError,
@@ -113,7 +113,7 @@ class DynamicGroupNorm(nn.GroupNorm):
         check_momentum(momentum)
         # GroupNorm's divisibility check would reject ragged groupings: pass it
         # a trivially valid K and set the real one after.
-        super().__init__(1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        compat.init_group_norm(self, 1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
         self.num_groups = num_groups
         self.group_size = group_size
         self.default_group_size = default_size
@@ -174,6 +174,13 @@ class DynamicGroupNorm(nn.GroupNorm):
                                                              "max_iter")})
         check_momentum(get("momentum"))
         return dict(options)
+
+    def reset_parameters(self) -> None:
+        # nn.GroupNorm's own, as in torch >= 2.12 (older ones assume a bias whenever affine)
+        if self.affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor) -> Tensor:

@@ -24,7 +24,9 @@ Kernels, picked by the dispatcher from the input's device:
 - CPU: the C++ extension ``dgn_plugins._C`` (registered when it loads), which
   also carries the autograd kernel;
 - CUDA: the Triton kernels (:mod:`dgn_plugins.kernels.triton_dgn`) when
-  Triton imports;
+  Triton imports; a kernel that fails to compile or launch falls back to the
+  plain formulation for that device and dtype, with one warning
+  (:mod:`dgn_plugins.kernels.fallback`);
 - any other device, or no extension: the plain formulations of
   :mod:`dgn_plugins.functional`. Without the extension the forward is the
   composite itself, so autograd differentiates the plain ops.
@@ -43,13 +45,14 @@ interpreter).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import warnings
 from typing import Iterator, Optional
 
 import torch
 
-from . import functional
+from . import compat, functional
 
 __all__ = ["BACKENDS", "backend", "native_available", "native_import_error", "set_backend", "use_backend",
            "triton_available"]
@@ -151,9 +154,9 @@ def _fake_update(running_mean, running_var, num_updates, channel_mean, channel_v
     return None
 
 
-torch.library.register_fake("dgn::group_norm", _fake_forward, lib=_library)
-torch.library.register_fake("dgn::group_norm_backward", _fake_backward, lib=_library)
-torch.library.register_fake("dgn::update_channel_stats_", _fake_update, lib=_library)
+compat.register_fake("dgn::group_norm", _fake_forward, _library)
+compat.register_fake("dgn::group_norm_backward", _fake_backward, _library)
+compat.register_fake("dgn::update_channel_stats_", _fake_update, _library)
 
 
 # ------------------------------------------------------------------ vmap
@@ -210,29 +213,51 @@ def _update_vmap(info, in_dims, running_mean, running_var, num_updates, channel_
     return None, None
 
 
-torch.library.register_vmap("dgn::group_norm", _forward_vmap, lib=_library)
-torch.library.register_vmap("dgn::group_norm_backward", _backward_vmap, lib=_library)
-torch.library.register_vmap("dgn::update_channel_stats_", _update_vmap, lib=_library)
+# Without torch.library.register_vmap (torch < 2.4) these register a rule that says vmap is unsupported.
+compat.register_vmap("dgn::group_norm", _forward_vmap, _library)
+compat.register_vmap("dgn::group_norm_backward", _backward_vmap, _library)
+compat.register_vmap("dgn::update_channel_stats_", _update_vmap, _library)
 
 
 # ------------------------------------------------------------------ kernels per device
+_BUILD = "pip install --no-build-isolation ."  # (-e for a checkout): builds the extensions against this torch
+
+
+def _native_unavailable(error: ImportError) -> str:
+    """Why ``dgn_plugins._C`` did not import, in the words of its fix: not built, or built for another torch."""
+    try:
+        built = importlib.util.find_spec("dgn_plugins._C") is not None
+    except ImportError:  # a finder that refuses the name: report its error
+        built = True
+    if not built:
+        return ("dgn_plugins._C is not built (no compiled dgn_plugins/_C*.so: pip's isolated build had no torch, "
+                f"DGN_BUILD_EXT=0 was set, or compiling failed); build it with `{_BUILD}`")
+    return (f"dgn_plugins._C is built but does not load on torch {compat.TORCH_VERSION} "
+            f"({type(error).__name__}: {error}); rebuild it with `{_BUILD}`")
+
+
 def _load_native():
     """The C++ extension with its CPU and autograd kernels registered; None (and why) if it is unusable."""
     try:
         from . import _C
     except ImportError as error:  # not built (pure-Python install) or built against another torch
-        return None, f"{type(error).__name__}: {error}"
+        return None, _native_unavailable(error)
     try:
         _C.register_kernels()
     except RuntimeError as error:  # built from other sources than these schemas
         reason = (f"dgn_plugins._C does not match this version of dgn_plugins ({str(error).splitlines()[0]}); "
-                  "rebuild it with `pip install --no-build-isolation -e .`")
+                  f"rebuild it with `{_BUILD}`")
         warnings.warn(f"{reason}; using the plain PyTorch kernels", RuntimeWarning, stacklevel=2)
         return None, reason
     return _C, None
 
 
 _native, _native_error = _load_native()
+if _native is None and not _native_error.startswith("dgn_plugins._C does not match"):
+    # Said once, at import, unless the user chose the plain kernels.
+    if os.environ.get("DGN_BUILD_EXT", "").strip() != "0" and os.environ.get("DGN_BACKEND", "").strip() != "reference":
+        warnings.warn(f"{_native_error}. Meanwhile the plain PyTorch kernels run (several times slower); set "
+                      "DGN_BUILD_EXT=0 to use them without this warning.", RuntimeWarning, stacklevel=2)
 
 
 def native_available() -> bool:
@@ -252,16 +277,24 @@ def triton_available() -> bool:
     return available()
 
 
+def _triton_kernels():
+    """The Triton forward and backward, each falling back to the plain kernel where it fails to compile or launch."""
+    from .kernels import triton_dgn
+    from .kernels.fallback import guarded
+
+    return (guarded(triton_dgn.forward_kernel, _forward_kernel, "forward"),
+            guarded(triton_dgn.backward_kernel, _backward_kernel, "backward"))
+
+
 if _native is not None:
     # Devices the extension has no kernel for run the plain formulation under its autograd kernel.
     _library.impl("group_norm", _forward_kernel, "CompositeExplicitAutograd")
     _library.impl("group_norm_backward", _backward_kernel, "CompositeExplicitAutograd")
     _library.impl("update_channel_stats_", update_channel_stats_reference, "CompositeExplicitAutograd")
     if triton_available():
-        from .kernels import triton_dgn
-
-        _library.impl("group_norm", triton_dgn.forward_kernel, "CUDA")
-        _library.impl("group_norm_backward", triton_dgn.backward_kernel, "CUDA")
+        _triton_forward, _triton_backward = _triton_kernels()
+        _library.impl("group_norm", _triton_forward, "CUDA")
+        _library.impl("group_norm_backward", _triton_backward, "CUDA")
 else:
     # No autograd kernel without the extension: the composite is the operator, on every device.
     _library.impl("group_norm", _composite, "CompositeImplicitAutograd")
@@ -282,15 +315,14 @@ def _override_library(name: str, device_types) -> torch.library.Library:
         for device in device_types:
             if name == "reference":
                 # Autograd differentiates the plain ops (double backward, forward AD included).
-                library.impl("group_norm", _composite, f"Autograd{device}")
-                library.impl("group_norm", _forward_kernel, device)
-                library.impl("group_norm_backward", _backward_kernel, device)
-                library.impl("update_channel_stats_", update_channel_stats_reference, device)
+                compat.impl_override(library, "group_norm", _composite, f"Autograd{device}")
+                compat.impl_override(library, "group_norm", _forward_kernel, device)
+                compat.impl_override(library, "group_norm_backward", _backward_kernel, device)
+                compat.impl_override(library, "update_channel_stats_", update_channel_stats_reference, device)
             else:  # triton
-                from .kernels import triton_dgn
-
-                library.impl("group_norm", triton_dgn.forward_kernel, device)
-                library.impl("group_norm_backward", triton_dgn.backward_kernel, device)
+                forward, backward = _triton_kernels()
+                compat.impl_override(library, "group_norm", forward, device)
+                compat.impl_override(library, "group_norm_backward", backward, device)
     return library
 
 
@@ -308,9 +340,17 @@ def _check_backend(name: str) -> str:
             from .kernels import triton_import_error
 
             raise RuntimeError(f"the Triton backend is unavailable: {triton_import_error()}")
+        from .kernels import triton_interpreter_supported
+
+        if not triton_interpreter_supported():
+            import triton
+
+            raise RuntimeError(f"the Triton backend on CPU tensors needs Triton's interpreter, which Triton "
+                               f"{triton.__version__} does not have (TRITON_INTERPRET=1 runs kernels on the CPU from "
+                               "Triton 3.0)")
         if _native is None:
-            raise RuntimeError("the Triton backend on CPU tensors needs the C++ extension's autograd kernel "
-                               f"({_native_error}); build it with `pip install --no-build-isolation -e .`")
+            raise RuntimeError(f"the Triton backend on CPU tensors needs the C++ extension's autograd kernel "
+                               f"({_native_error})")
     return name
 
 
@@ -327,7 +367,7 @@ def set_backend(name: str) -> None:
     global _backend, _override
     name = _check_backend(name)
     if _override is not None:
-        _override._destroy()
+        compat.destroy_library(_override)
         _override = None
     if name == "reference" and _native is not None:
         _override = _override_library("reference", ("CPU", "CUDA"))

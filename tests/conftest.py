@@ -10,7 +10,10 @@ def available_backends():
 
     backends = ["native"] if ops.native_available() else []
     backends.append("reference")
-    if os.environ.get("TRITON_INTERPRET") == "1" and ops.native_available() and ops.triton_available():
+    from dgn_plugins.kernels import triton_interpreter_supported
+
+    if (os.environ.get("TRITON_INTERPRET") == "1" and ops.native_available() and ops.triton_available()
+            and triton_interpreter_supported()):
         backends.append("triton")
     return backends
 

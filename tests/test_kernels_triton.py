@@ -6,6 +6,7 @@ this module re-runs the file in a subprocess with it set, and also compiles
 every kernel to H100 machine code, which needs no GPU. With CUDA available the
 same tests run on the GPU directly.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,14 +14,21 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from dgn_plugins.kernels import triton_interpreter_supported  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 ON_GPU = not INTERPRETED and torch.cuda.is_available()
+#: Triton 3's compiler front end, which lowers to a named GPU target without one.
+AHEAD_OF_TIME = importlib.util.find_spec("triton.backends") is not None
+NO_INTERPRETER = (f"Triton {triton.__version__} has no interpreter for CPU tensors (TRITON_INTERPRET=1 needs Triton "
+                  ">= 3.0); its kernels run only on a GPU, which this machine lacks")
 
 
 if not INTERPRETED and not ON_GPU:
 
+    @pytest.mark.skipif(not triton_interpreter_supported(), reason=NO_INTERPRETER)
     def test_interpreted_kernels_in_subprocess():
         env = dict(os.environ, TRITON_INTERPRET="1")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
@@ -31,6 +39,8 @@ if not INTERPRETED and not ON_GPU:
         assert result.returncode == 0, report
         assert " passed" in report and " failed" not in report, report
 
+    @pytest.mark.skipif(not AHEAD_OF_TIME, reason=f"Triton {triton.__version__} cannot lower kernels to a GPU target "
+                        "without a GPU driver (libcuda); the front-end test below runs instead")
     @pytest.mark.parametrize("element,channels_last", [("bf16", False), ("fp32", True)])
     def test_kernels_compile_for_an_h100_without_one(element, channels_last):
         """Lower every kernel to sm_90 machine code (ptxas ships with triton): the interpreter alone
@@ -63,6 +73,35 @@ if not INTERPRETED and not ON_GPU:
             compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
             assert compiled.asm["cubin"], name
+
+    @pytest.mark.skipif(AHEAD_OF_TIME, reason="Triton 3 lowers the kernels all the way (the test above)")
+    @pytest.mark.parametrize("element", ["bf16", "fp32"])
+    def test_kernels_pass_the_front_end_of_an_old_triton(element):
+        """Triton 2.1 (torch 2.1's) needs libcuda to compile; its front end (Python AST to Triton IR) does not,
+        and is where a language feature it lacks would fail. Where it fails on a GPU, the fallback takes over."""
+        import triton.language as tl
+        from triton.compiler.compiler import ast_to_ttir, instance_descriptor
+
+        from dgn_plugins.kernels import triton_dgn
+
+        constexprs = {"ACC": tl.float32, "BLOCK_C": 2, "BLOCK_S": 1024, "HAS_WEIGHT": True, "HAS_BIAS": True,
+                      "BLOCK_G": 16, "PIVOT_RATIO": 16.0}
+        pointers = {"offsets_ptr": "*i64", "channels_ptr": "*i64", "group_id_ptr": "*i64", "grad_weight_ptr": "*fp64",
+                    "grad_bias_ptr": "*fp64"}
+        for name in ("_channel_moments", "_group_statistics", "_affine", "_channel_grad_sums",
+                     "_group_grad_coefficients", "_grad_input"):
+            kernel = getattr(triton_dgn, name)
+            signature, constants = {}, {}
+            for index, arg in enumerate(kernel.arg_names):
+                if arg in constexprs or arg == "stride_s" or arg.endswith("_stride_s"):
+                    constants[index] = constexprs.get(arg, 1)
+                elif arg.endswith("_ptr"):
+                    signature[index] = pointers.get(arg, f"*{element}")
+                else:
+                    signature[index] = "fp32" if arg == "eps" else "i32"
+            ir = ast_to_ttir(kernel, signature, instance_descriptor(divisible_by_16=set(), equal_to_1=set()),
+                             constants, debug=False, arch=90)
+            assert "tt.func" in str(ir), name
 
     def test_forcing_triton_on_cpu_tensors_without_interpreter_raises():
         from dgn_plugins import set_backend
@@ -241,3 +280,46 @@ else:
         assert len(calls) == 2
         torch.testing.assert_close(fast.channel_mean_ema, plain.channel_mean_ema)
         torch.testing.assert_close(fast.channel_var_ema, plain.channel_var_ema)
+
+    @pytest.mark.parametrize("failing", ["_forward", "_backward"])
+    def test_a_kernel_that_fails_to_compile_falls_back_once_and_training_goes_on(failing, monkeypatch):
+        """A compile or launch failure switches that (device, dtype) to the plain formulation, with one warning
+        naming the device, the dtype and the error; the run trains on with the same results."""
+        import copy
+        import warnings
+
+        from dgn_plugins.kernels import fallback
+
+        monkeypatch.setattr(fallback, "_failures", {})  # this test's failures only
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("PTX .version 8.4 does not support .target sm_120 (simulated compile failure)")
+
+        monkeypatch.setattr(triton_dgn, failing, broken)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), DynamicGroupNorm(24, 4),
+                                    torch.nn.ReLU(), torch.nn.Conv2d(24, 2, 1)).to(DEVICE)
+        twin = copy.deepcopy(model)
+        optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, twin)]
+        x = torch.randn(4, 3, 6, 6, device=DEVICE)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):  # three training steps: the warning comes once
+                losses = []
+                for net, optimizer, backend in ((model, optimizers[0], TRITON), (twin, optimizers[1], "reference")):
+                    with use_backend(backend):
+                        optimizer.zero_grad()
+                        loss = net(x).square().mean()
+                        loss.backward()
+                        optimizer.step()
+                    losses.append(loss.detach())
+                torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+        ours = [w for w in caught if "Triton kernel" in str(w.message)]
+        assert len(ours) == 1, [str(w.message) for w in caught]
+        message = str(ours[0].message)
+        kind = "forward" if failing == "_forward" else "backward"
+        assert f"kernel {kind} failed on {DEVICE}" in message and "torch.float32" in message
+        assert "simulated compile failure" in message
+        assert set(fallback.failed_kernels()) == {(kind, torch.device(DEVICE).type, torch.float32)}
+        for mine, theirs in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)

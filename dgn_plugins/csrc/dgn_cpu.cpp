@@ -19,6 +19,7 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <array>
@@ -877,6 +878,17 @@ struct GroupNormBackward : public torch::autograd::Node {
   }
 };
 
+// Autograd nodes are reference counted by c10::intrusive_ptr from torch 2.13, by std::shared_ptr before
+// (set_history takes whichever the installed torch uses): chosen when the extension is compiled.
+template <typename NodeType>
+auto make_node() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
+  return c10::make_intrusive<NodeType>();
+#else
+  return std::make_shared<NodeType>();
+#endif
+}
+
 bool has_forward_grad(const OptionalTensor& t) {
   return t.has_value() && t->defined() && t->_fw_grad(/*level=*/0).defined();
 }
@@ -903,7 +915,7 @@ ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const
                              num_updates, momentum);
   }
   if (at::GradMode::is_enabled() && (x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
-    auto node = c10::make_intrusive<GroupNormBackward>();
+    auto node = make_node<GroupNormBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));
     node->x = torch::autograd::SavedVariable(x, /*is_output=*/false);
     node->has_weight = weight.has_value() && weight->defined();

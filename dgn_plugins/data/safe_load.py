@@ -13,7 +13,10 @@ load them by an allow-list of what toolkit dumps hold and nothing else:
 - ``torch.save`` files (Detectron2's ``instances_predictions.pth``,
   checkpoints): ``torch.load(weights_only=True)`` with numpy's reconstructors
   (and MMEngine's checkpoint types, :mod:`dgn_plugins.openmmlab.checkpoint`,
-  when MMEngine is installed) allowed for that call only.
+  when MMEngine is installed) allowed for that call only. Where torch has no
+  such allow-list (before 2.6), ``torch.load`` unpickles through
+  :class:`DataUnpickler` instead (its ``pickle_module``), which allows the
+  same names and nothing else.
 
 Anything else stops the load with :class:`UnsafeFileError` naming the global.
 """
@@ -24,6 +27,7 @@ import collections
 import io
 import pickle
 import re
+import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -75,6 +79,7 @@ def _torch_globals() -> Dict[Tuple[str, str], object]:
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): getattr(torch._utils, "_rebuild_parameter_with_state", None),
         ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
         ("torch", "Size"): torch.Size,
         ("torch", "device"): torch.device,
@@ -82,7 +87,7 @@ def _torch_globals() -> Dict[Tuple[str, str], object]:
     for name in dir(torch):
         if isinstance(getattr(torch, name, None), torch.dtype):
             allowed[("torch", name)] = getattr(torch, name)
-    return allowed
+    return {key: value for key, value in allowed.items() if value is not None}
 
 
 def _data_globals() -> Dict[Tuple[str, str], object]:
@@ -162,20 +167,56 @@ def load_torch_file(path, extra_globals=()):
     """``torch.load(path, weights_only=True)`` with numpy's types and ``extra_globals`` allowed for this call.
 
     A toolkit's checkpoint types are the caller's to add (MMEngine's:
-    ``dgn_plugins.openmmlab.checkpoint.mmengine_checkpoint_globals()``).
-    Raises :class:`UnsafeFileError` (one line, naming the global) when the
-    file needs anything else.
+    ``dgn_plugins.openmmlab.checkpoint.mmengine_checkpoint_globals()``), as
+    objects or ``(callable, "module.name")`` pairs. Raises
+    :class:`UnsafeFileError` (one line, naming the global) when the file
+    needs anything else.
     """
     import torch
 
+    from .. import compat
+
+    if not compat.HAS_SAFE_GLOBALS:  # torch < 2.6: our unpickler does the allow-listing
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*weights_only=False.*", category=FutureWarning)
+            return torch.load(path, map_location="cpu", weights_only=False,
+                              pickle_module=_restricted_pickle_module(extra_globals))
     allowed = list(numpy_globals()) + list(extra_globals)
     try:
-        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+        with compat.safe_globals(allowed), warnings.catch_warnings():
             # torch warns about the protocol of any non-torch pickle; the refusal below says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeFileError(_one_line(error)) from None
+
+
+def _restricted_pickle_module(extra_globals) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load``: :class:`DataUnpickler` plus ``extra_globals``.
+
+    ``torch.load`` resolves storage types itself and asks the module's
+    ``Unpickler`` for every other global, so the file runs nothing outside the list.
+    """
+    extra = {}
+    for item in extra_globals:
+        if isinstance(item, tuple):  # (callable, "module.name"), as torch's allow-list takes them
+            obj, qualified = item
+            module, _, name = qualified.rpartition(".")
+        else:
+            obj, module, name = item, item.__module__, item.__qualname__
+        extra[(module, name)] = obj
+
+    class Unpickler(DataUnpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in extra:
+                return extra[(module, name)]
+            return super().find_class(module, name)
+
+    restricted = types.ModuleType("dgn_plugins_data_pickle")
+    restricted.Unpickler = Unpickler
+    restricted.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()
+    restricted.UnpicklingError = pickle.UnpicklingError
+    return restricted
 
 
 def load_data_file(path):

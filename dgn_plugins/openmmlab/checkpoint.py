@@ -24,8 +24,7 @@ from __future__ import annotations
 import collections
 from typing import List
 
-import torch
-
+from ..compat import add_safe_globals
 from ..data.safe_load import numpy_globals
 
 __all__ = ["history_buffer_method", "mmengine_checkpoint_globals", "allow_mmengine_checkpoint_types"]
@@ -60,9 +59,6 @@ def mmengine_checkpoint_globals() -> List:
 
 
 def allow_mmengine_checkpoint_types() -> bool:
-    """Allow-list them for ``torch.load(weights_only=True)``; False on old torch."""
-    add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
-    if add_safe_globals is None:  # torch < 2.4 does not load weights-only by default
-        return False
-    add_safe_globals(mmengine_checkpoint_globals())
-    return True
+    """Allow-list them for ``torch.load(weights_only=True)``; False where torch does not load weights-only
+    by default (before 2.6), so MMEngine's own loads need nothing."""
+    return add_safe_globals(mmengine_checkpoint_globals())
