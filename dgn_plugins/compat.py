@@ -9,6 +9,7 @@ The rest of the package imports these names instead of asking torch itself.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 from typing import Callable, Iterable, Optional
 
@@ -25,6 +26,8 @@ __all__ = [
     "IMPL_TAKES_ALLOW_OVERRIDE",
     "impl_override",
     "destroy_library",
+    "FUNCTIONALIZES_MUTABLE_OPS",
+    "is_compiling",
     "is_exporting",
     "EXPORT_DETECTION",
     "GROUP_NORM_TAKES_BIAS",
@@ -124,6 +127,31 @@ def destroy_library(library: torch.library.Library) -> None:
     _impls.difference_update(library._op_impls)
     library._op_impls.clear()
     library.m = None
+
+
+# ------------------------------------------------------------------ compile
+def _functionalizes_mutable_ops() -> bool:
+    try:
+        return importlib.util.find_spec("torch._higher_order_ops.auto_functionalize") is not None
+    except ImportError:
+        return False
+
+
+#: ``torch.compile`` traces custom operators that write to their inputs (auto-functionalization, torch >= 2.3).
+#: Without it a DGN layer in training updates its running statistics in standard operators while compiled.
+FUNCTIONALIZES_MUTABLE_OPS = _functionalizes_mutable_ops()
+
+
+def _compiling_check() -> Callable[[], bool]:
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_compiling", None)  # torch >= 2.3
+    # torch._utils.is_compiling before: Dynamo folds a call to either function into True while it traces,
+    # so the function itself, not a wrapper around it, must be what callers call.
+    return check if check is not None else torch._utils.is_compiling
+
+
+#: True while ``torch.compile`` (Dynamo) traces.
+is_compiling = _compiling_check()
 
 
 # ------------------------------------------------------------------ export

@@ -37,6 +37,7 @@ __all__ = [
     "group_norm_by_assignment",
     "reference_forward",
     "reference_backward",
+    "update_channel_stats_reference",
 ]
 
 
@@ -181,6 +182,31 @@ def reference_backward(
     return grad_x, grad_weight, grad_bias
 
 
+@torch.no_grad()
+def update_channel_stats_reference(running_mean: Tensor, running_var: Tensor, num_updates: Tensor,
+                                   channel_mean: Tensor, channel_var: Tensor, momentum: float) -> None:
+    """The EMA of the running channel statistics in plain ops: batch mean and total variance per channel.
+
+    The first update seeds them, but only from a batch whose statistics are all
+    finite (a non-finite first batch would otherwise leave unseeded channels
+    that later batches lerp from their initial values); later non-finite
+    values leave the running ones unchanged. Written without data-dependent
+    branches, so that ``torch.compile`` traces it as it stands.
+    """
+    if channel_mean.shape[0] == 0:
+        return
+    batch_mean = channel_mean.double().mean(0)
+    batch_var = (channel_var.double() + (channel_mean.double() - batch_mean).pow(2)).mean(0)
+    first = num_updates == 0
+    seedable = torch.isfinite(batch_mean).all() & torch.isfinite(batch_var).all()
+    for running, batch in ((running_mean, batch_mean), (running_var, batch_var)):
+        current = running.double()
+        updated = torch.lerp(current, batch, momentum)
+        kept = torch.where(torch.isfinite(updated), updated, current)
+        running.copy_(torch.where(first, torch.where(seedable, batch, current), kept))
+    num_updates.add_((~first | seedable).to(num_updates.dtype))
+
+
 def _check_input(x: Tensor, group_id: Tensor) -> None:
     if x.dim() < 2:
         raise ValueError(f"expected input of shape (N, C, *), got {tuple(x.shape)}")
@@ -228,7 +254,13 @@ def dynamic_group_norm_with_stats(
         group_count = torch.bincount(group_id.long(), minlength=num_groups)
     if x.numel() == x.shape[1]:  # one value per channel in the whole batch
         _check_values_per_group(x, group_count)
-    if running_stats is None:
+    if not compat.FUNCTIONALIZES_MUTABLE_OPS and compat.is_compiling():
+        # torch.compile before torch 2.3 cannot trace an operator whose schema writes to its inputs
+        # (the running statistics): it compiles the plain formulation and its EMA instead.
+        outs = reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
+        if running_stats is not None:
+            update_channel_stats_reference(*running_stats[:3], outs[1], outs[2], running_stats[3])
+    elif running_stats is None:
         outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps)
     else:
         outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps, *running_stats)

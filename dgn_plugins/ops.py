@@ -102,29 +102,7 @@ def _backward_kernel(grad_y, x, group_mean, group_rstd, group_id, group_count, w
                                              num_groups, list(output_mask))
 
 
-@torch.no_grad()
-def update_channel_stats_reference(running_mean, running_var, num_updates, channel_mean, channel_var, momentum):
-    """The EMA in plain ops: batch mean and total variance per channel, lerped into the running values.
-
-    The first update seeds them, but only from a batch whose statistics are all
-    finite (a non-finite first batch would otherwise leave unseeded channels
-    that later batches lerp from their initial values); later non-finite
-    values leave the running ones unchanged.
-    """
-    if channel_mean.shape[0] == 0:
-        return
-    batch_mean = channel_mean.double().mean(0)
-    batch_var = (channel_var.double() + (channel_mean.double() - batch_mean).pow(2)).mean(0)
-    if int(num_updates) == 0:
-        if not (torch.isfinite(batch_mean).all() and torch.isfinite(batch_var).all()):
-            return
-        running_mean.copy_(batch_mean)
-        running_var.copy_(batch_var)
-    else:
-        for running, batch in ((running_mean, batch_mean), (running_var, batch_var)):
-            updated = torch.lerp(running.double(), batch, momentum)
-            running.copy_(torch.where(torch.isfinite(updated), updated, running.double()))
-    num_updates.add_(1)
+update_channel_stats_reference = functional.update_channel_stats_reference
 
 
 _library.impl("group_norm_composite", _composite, "CompositeImplicitAutograd")

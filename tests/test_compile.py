@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from reference import random_group_ids
 from torch import nn
 
-from dgn_plugins import DynamicGroupNorm, convert_gn_to_dgn, dgn_layers
+from dgn_plugins import DynamicGroupNorm, compat, convert_gn_to_dgn, dgn_layers
 
 
 def _resnet50_dgn():
@@ -29,7 +29,10 @@ def test_resnet50_with_dgn_has_no_graph_breaks():
     calls = [str(node.target) for graph in explanation.graphs for node in graph.graph.nodes
              if node.op == "call_function"]
     dgn_calls = [target for target in calls if target in ("dgn.group_norm", "dgn.group_norm.default")]
-    assert len(dgn_calls) == len(list(dgn_layers(model))) == 53
+    if compat.FUNCTIONALIZES_MUTABLE_OPS:
+        assert len(dgn_calls) == len(list(dgn_layers(model))) == 53
+    else:  # torch < 2.3 compiles the plain formulation (the operator's schema writes to the running statistics)
+        assert dgn_calls == [] and len(list(dgn_layers(model))) == 53
 
 
 class _Small(nn.Module):

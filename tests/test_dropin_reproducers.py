@@ -6,6 +6,8 @@ constructor and checks; 9: higher-order autograd (tests/test_groupnorm_suite.py 
 depth); 10: mmcv's FLOPs counter (tests/openmmlab/test_mmdet_toolkit_rules.py); 11: the running
 statistics' seeding step.
 """
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,11 +77,19 @@ def test_5_backward_with_one_value_per_sample_in_a_group():
 
 
 def test_6_bias_keyword_as_group_norm():
+    """``bias=False`` as nn.GroupNorm has it from torch 2.12, on every torch: a weight, no bias."""
     layer = DynamicGroupNorm(6, num_groups=3, bias=False)
-    reference = torch.nn.GroupNorm(3, 6, bias=False)
-    assert layer.bias is None and reference.bias is None
+    assert layer.bias is None and set(dict(layer.named_parameters())) == {"weight"}
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2.0)
     x = torch.randn(2, 6, 5)
-    torch.testing.assert_close(layer(x), reference(x))
+    torch.testing.assert_close(layer(x), torch.nn.functional.group_norm(x, 3, layer.weight, None))
+    layer.reset_parameters()  # GroupNorm's own reset assumes a bias on torch < 2.12
+    assert torch.equal(layer.weight, torch.ones(6)) and layer.bias is None
+    if "bias" in inspect.signature(torch.nn.GroupNorm).parameters:
+        reference = torch.nn.GroupNorm(3, 6, bias=False)
+        assert set(reference.state_dict()) == set(layer.state_dict()) - {
+            "group_id", "channel_mean_ema", "channel_var_ema", "num_stat_updates", "num_regroups"}
 
 
 def test_7_running_statistics_keep_their_precision():

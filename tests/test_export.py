@@ -6,6 +6,7 @@ import torch
 from reference import random_group_ids
 from torch import nn
 
+from dgn_plugins import compat
 from dgn_plugins.conversion.freeze import FrozenDynamicGroupNorm, freeze
 from dgn_plugins.layer import DynamicGroupNorm
 
@@ -96,12 +97,27 @@ def test_scripted_layer_follows_a_later_regroup():
     torch.testing.assert_close(scripted(x), layer(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not compat.EXPORT_DETECTION, reason=f"torch {compat.TORCH_VERSION} cannot tell torch.export from "
+                    "torch.compile (torch.compiler.is_exporting, 2.7+): its exported graphs record dgn::group_norm; the "
+                    "test below checks that, and freeze() gives standard operators (tested above)")
 def test_torch_export_has_only_aten_operators(model):
     x = _inputs()
     program = torch.export.export(model, (x,))
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert all(t.startswith("aten.") for t in targets), targets
     torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(compat.EXPORT_DETECTION, reason="this torch exports standard operators (the test above)")
+def test_torch_export_without_export_detection_records_the_operator(model):
+    model.eval()
+    x = _inputs()
+    program = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("dgn.group_norm" in t for t in targets), targets
+    assert all(t.startswith("aten.") or "dgn." in t for t in targets), targets
+    torch.testing.assert_close(program(x) if not hasattr(program, "module") else program.module()(x), model(x),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_freeze_picks_group_norm_or_fixed_layout_and_keeps_outputs(model):

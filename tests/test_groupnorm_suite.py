@@ -214,6 +214,20 @@ def test_module_repr_pickle_deepcopy_and_modes():
 
 
 # ------------------------------------------------------------------ torch.func (functorch's GroupNorm checks)
+from dgn_plugins import compat  # noqa: E402
+
+needs_vmap_rules = pytest.mark.skipif(not compat.HAS_VMAP_RULES, reason=compat.VMAP_UNSUPPORTED)
+
+
+@pytest.mark.skipif(compat.HAS_VMAP_RULES, reason="this torch has vmap rules: the tests below run instead")
+def test_vmap_without_rules_says_so_in_one_line():
+    module = dgn(3, 6).eval()
+    with pytest.raises(RuntimeError) as raised:
+        torch.func.vmap(module)(torch.randn(5, 4, 6, 3))
+    assert str(raised.value) == compat.VMAP_UNSUPPORTED
+
+
+@needs_vmap_rules
 def test_vmap_over_a_batch_of_inputs():
     module = dgn(3, 6).eval()
     x = torch.randn(5, 4, 6, 3)
@@ -221,6 +235,7 @@ def test_vmap_over_a_batch_of_inputs():
     torch.testing.assert_close(out, torch.stack([module(xi) for xi in x]), atol=1e-6, rtol=0)
 
 
+@needs_vmap_rules
 def test_vmap_in_training_mode_updates_the_running_statistics_as_one_batch():
     vmapped, plain = dgn(3, 6), dgn(3, 6)
     x = torch.randn(5, 4, 6, 3)
@@ -230,6 +245,7 @@ def test_vmap_in_training_mode_updates_the_running_statistics_as_one_batch():
     torch.testing.assert_close(vmapped.channel_var_ema, plain.channel_var_ema)
 
 
+@needs_vmap_rules
 def test_per_sample_gradients_with_vmap_and_grad():
     module = dgn(3, 6).double()
     params = {k: v.detach() for k, v in module.named_parameters()}
