@@ -130,7 +130,7 @@ def test_error_paths(tmp_path, capsys):
     assert tool.main(["--checkpoints", str(gn_only), "--out", str(tmp_path / "x.png")]) == 2
     assert "no DGN layers" in capsys.readouterr().err
     assert tool.main(["--checkpoints", str(tmp_path / "missing.pth")]) == 2
-    assert "no such checkpoint" in capsys.readouterr().err
+    assert f"argument --checkpoints: {tmp_path / 'missing.pth'}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
 

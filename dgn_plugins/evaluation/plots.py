@@ -3,8 +3,9 @@
 Two sources give the same :class:`GroupTimeline` per layer:
 
 - regroup records (``{"step", "group_id": {layer: [C ids]}, "reports": [RegroupReport.as_dict()]}``,
-  one per regroup: what ``tools/demo_core.py`` keeps, one JSON object per line
-  in a ``.jsonl`` file) give the variance before *and* after each regroup;
+  one per regroup, as the hooks and ``tools/demo_core.py`` keep them; read by
+  :func:`dgn_plugins.training.records.read_records`) give the variance before
+  *and* after each regroup;
 - a sequence of checkpoints (mmengine, Detectron2 or plain ``torch.save``)
   gives each checkpoint's grouping, and its intra-group variance of
   ``channel_mean_ema`` (the poster's sigma_k^2, averaged over groups).
@@ -14,7 +15,6 @@ backend is left alone. Needs numpy and matplotlib; torch only for checkpoints.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +22,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import write_atomically
 from ..regrouping.rule import intra_group_variance, within_group_sum_of_squares
+from ..training.records import RecordsError, check_records
 
 __all__ = [
-    "GroupTimeline", "PlotError", "timelines_from_records", "gn_start", "group_colours", "size_counts", "read_records", "timelines_from_checkpoints",
-    "grouping_state", "select_layers", "plot_timelines", "plot_history",
+    "GroupTimeline", "PlotError", "timelines_from_records", "gn_start", "group_colours", "size_counts",
+    "timelines_from_checkpoints", "grouping_state", "select_layers", "plot_timelines", "plot_history",
 ]
 
 
@@ -59,19 +61,6 @@ class GroupTimeline:
 
 
 # ------------------------------------------------------------------ sources
-def read_records(path) -> List[dict]:
-    """Regroup records from a ``.jsonl`` (one per line) or a JSON list / ``{"regroups": [...]}``."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    records = data.get("regroups", data) if isinstance(data, dict) else data
-    if not isinstance(records, list):
-        raise PlotError(f"{path}: expected a list of regroup records")
-    return records
-
-
 def timelines_from_records(records: Sequence[Mapping], layers: Optional[Sequence[str]] = None,
                            initial: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, GroupTimeline]:
     """Per layer: the grouping after each regroup, and the mean intra-group variance before/after it.
@@ -194,6 +183,7 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
             raise PlotError(f"{path}: no DGN layers (no '*.group_id' buffers in its state dict)")
         loaded.append((_checkpoint_step(checkpoint, path, index), path, state))
     loaded.sort(key=lambda item: item[0])
+    _check_checkpoint_groupings(loaded)
     names = layers or list(loaded[0][2])
     timelines = {}
     for name in names:
@@ -214,6 +204,22 @@ def timelines_from_checkpoints(paths: Sequence, layers: Optional[Sequence[str]] 
                                         nan, variance, "at checkpoint", wss_before=nan, wss_after=wss,
                                         objective_before=nan, objective_after=nan)
     return timelines
+
+
+def _check_checkpoint_groupings(loaded) -> None:
+    """The checkpoints' groupings must be one run's: distinct steps, and per layer what
+    :func:`~dgn_plugins.training.records.check_records` asks of records (fixed channel count
+    and number of groups, ids in ``[0, K)``, no empty group)."""
+    for (step, first, _), (next_step, second, _) in zip(loaded, loaded[1:]):
+        if step == next_step:
+            raise PlotError(f"{first} and {second} are both at step {step}; give one checkpoint per step")
+    records = [{"step": step, "group_id": {name: layer["group_id"].tolist() for name, layer in state.items()}}
+               for step, _, state in loaded]
+    try:
+        check_records(records, "checkpoints")
+    except RecordsError as error:
+        path = next((str(p) for step, p, _ in loaded if step == error.step), "checkpoints")
+        raise PlotError(str(error).replace("checkpoints:", f"{path}:", 1)) from None
 
 
 def select_layers(available: Sequence[str], requested: Optional[Iterable[str]] = None, default_count: int = 3) -> List[str]:
@@ -348,7 +354,7 @@ def plot_timelines(timelines: Sequence[GroupTimeline], path, title: str = "") ->
         _draw_criterion(row[2], timeline)
     if title:
         figure.suptitle(title)
-    figure.savefig(path, format="png", dpi=100)
+    write_atomically(path, lambda staging: figure.savefig(staging, format="png", dpi=100))
 
 
 def plot_history(initial, history, layer, path) -> None:

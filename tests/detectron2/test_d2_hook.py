@@ -15,7 +15,7 @@ from d2_support import ROOT, config_path, dgn_modules, load_cfg, tiny_train_opts
 from detectron2.engine import hooks  # noqa: E402
 
 from dgn_plugins.detectron2 import DGNRegroupHook, DGNTrainer, insert_regroup_hook  # noqa: E402
-from dgn_plugins.evaluation.plots import read_records  # noqa: E402
+from dgn_plugins.training.records import read_records  # noqa: E402
 
 DEMO_DGN = config_path("demo_mask_rcnn_dgn.yaml")
 

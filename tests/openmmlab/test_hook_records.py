@@ -9,8 +9,8 @@ from mmdet_helpers import DEMO_DGN, TOOLS, tiny_run_cfg
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 
 from dgn_plugins import dgn_layers  # noqa: E402
-from dgn_plugins.evaluation.plots import read_records, timelines_from_records  # noqa: E402
-from dgn_plugins.training.records import RECORDS_FILE  # noqa: E402
+from dgn_plugins.evaluation.plots import timelines_from_records  # noqa: E402
+from dgn_plugins.training.records import RECORDS_FILE, read_records  # noqa: E402
 
 
 def run(train_tool, work_dir, data_root, max_iters, hook=None, resume_from=None):

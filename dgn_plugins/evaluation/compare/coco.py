@@ -22,17 +22,19 @@ small/medium/large use the mask area rather than the box area.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...cli import ToolParser, existing_file
 from . import ComparisonError, read_results_file
-from .report import Comparison, add_output_arguments, parse_labelled_paths, run_tool
+from .report import Comparison, add_output_arguments, add_result_sets, run_tool
 
 IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
@@ -204,6 +206,7 @@ def load_result_set(label: str, path: Path, coco_gt) -> ResultSet:
     for results in detections.values():
         if results is not None:
             check_against_ground_truth(results, path, coco_gt)
+            check_detection_values(results, path)
     if detections["segm"] is not None:
         check_compressed_rle(detections["segm"], path)
     if all(results is None for results in detections.values()):
@@ -231,6 +234,38 @@ def check_against_ground_truth(results: list, path: Path, coco_gt) -> None:
     if unknown_categories:
         raise ComparisonError(
             f"{path}: category ids not in the ground truth: {_few(unknown_categories)}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _box_problem(box) -> Optional[str]:
+    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_number(v) for v in box)):
+        return "a bbox that is not four numbers [x, y, w, h]"
+    if not all(math.isfinite(v) for v in box):
+        return "a bbox that is not finite (NaN or inf)"
+    if box[2] < 0 or box[3] < 0:
+        return "a bbox of negative width or height"
+    return None
+
+
+def check_detection_values(results: list, path: Path) -> None:
+    """Refuse detections COCOeval would score without a word (NaN or inf boxes or scores, boxes of
+    negative size: a diverged model, or xyxy boxes given as xywh) or crash on (a box that is not four
+    numbers), with how many of each kind and one example."""
+    problems: Dict[str, list] = {}
+    for r in results:
+        if not (_number(r["score"]) and math.isfinite(r["score"])):
+            problems.setdefault("a score that is not a finite number", []).append((r, r["score"]))
+        problem = _box_problem(r["bbox"]) if "bbox" in r else None
+        if problem:
+            problems.setdefault(problem, []).append((r, r["bbox"]))
+    if problems:
+        kinds = "; ".join(f"{len(found)} with {kind} (e.g. image {found[0][0]['image_id']}: {found[0][1]!r})"
+                          for kind, found in problems.items())
+        raise ComparisonError(f"{path}: {len({id(r) for found in problems.values() for r, _ in found})} of "
+                              f"{len(results)} detections cannot be scored: {kinds}")
 
 
 def check_compressed_rle(results: list, path: Path) -> None:
@@ -348,15 +383,15 @@ def compare_coco(gt_path: Path, results: Sequence[Tuple[str, Path]],
 
 # ----------------------------------------------------------------- command line
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ToolParser:
+    parser = ToolParser(
         prog="compare_coco.py",
         description="Compare COCO bbox/segm AP of several result sets (e.g. GN vs DGN), "
                     "scored by pycocotools COCOeval. Deltas are against the first set.")
-    parser.add_argument("--gt", required=True, type=Path, help="COCO annotation JSON")
-    parser.add_argument("--results", required=True, nargs="+", metavar="LABEL=FILE",
-                        help="result files: COCO result JSON, MMDetection --out .pkl, "
-                             "Detectron2 instances_predictions.pth or coco_instances_results.json")
+    parser.add_argument("--gt", required=True, type=existing_file, help="COCO annotation JSON")
+    add_result_sets(parser, "--results", path_type=existing_file,
+                    help="result files: COCO result JSON, MMDetection --out .pkl, "
+                         "Detectron2 instances_predictions.pth or coco_instances_results.json")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES,
                         help="default: bbox, plus segm when every set has masks")
     parser.add_argument("--per-category", action="store_true", help="add per-category AP")
@@ -364,9 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _compare_from_args(args: argparse.Namespace) -> Comparison:
-    return compare_coco(args.gt, parse_labelled_paths(args.results), args.iou_types,
-                        args.per_category)
+def _compare_from_args(args) -> Comparison:
+    return compare_coco(args.gt, args.results, args.iou_types, args.per_category)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,7 +20,6 @@ ImageNet-S ids ``R + 256 * G`` with 1000 meaning ignore.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...cli import ToolParser, existing_dir, existing_path, integer
 from . import ComparisonError, read_results_file
-from .report import Comparison, add_output_arguments, parse_labelled_paths, run_tool
+from .report import Comparison, add_output_arguments, add_result_sets, run_tool
 
 ENCODINGS = ("index", "rgb")
 DEFAULT_IGNORE = {"index": 255, "rgb": 1000}
@@ -385,19 +385,17 @@ def compare_miou(gt_dir: Path, predictions: Sequence[Tuple[str, Path]], num_clas
 
 # ----------------------------------------------------------------- command line
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ToolParser:
+    parser = ToolParser(
         prog="compare_miou.py",
         description="Compare mIoU/aAcc of several semantic-segmentation prediction sets "
                     "(e.g. GN vs DGN). Deltas are against the first set.")
-    parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth PNGs")
-    parser.add_argument("--preds", "--results", dest="preds", required=True, nargs="+",
-                        metavar="LABEL=PATH",
-                        help="PNG folders (e.g. mmseg tools/test.py --out DIR) or mmengine "
-                             "DumpResults .pkl files")
-    parser.add_argument("--num-classes", required=True, type=int,
+    parser.add_argument("--gt", required=True, type=existing_dir, help="folder of ground-truth PNGs")
+    add_result_sets(parser, "--preds", "--results", path_type=existing_path,
+                    help="PNG folders (e.g. mmseg tools/test.py --out DIR) or mmengine DumpResults .pkl files")
+    parser.add_argument("--num-classes", required=True, type=integer(1),
                         help="number of class ids, 0 included (ImageNet-S-50: 51)")
-    parser.add_argument("--ignore-index", type=int,
+    parser.add_argument("--ignore-index", type=integer(0),
                         help="label id left out (default 255; 1000 with --label-encoding rgb)")
     parser.add_argument("--label-encoding", choices=ENCODINGS, default="index",
                         help="index: single-channel class ids; rgb: ImageNet-S R + 256*G")
@@ -416,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _compare_from_args(args: argparse.Namespace) -> Comparison:
-    return compare_miou(args.gt, parse_labelled_paths(args.preds), args.num_classes,
+def _compare_from_args(args) -> Comparison:
+    return compare_miou(args.gt, args.preds, args.num_classes,
                         args.ignore_index, args.label_encoding, args.per_class,
                         args.reduce_zero_label, args.gt_suffix, args.pred_suffix,
                         args.class_names)

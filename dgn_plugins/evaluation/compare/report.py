@@ -17,8 +17,11 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
+from ...atomic import write_atomically, write_text_atomically
+from ...cli import ToolParser, distinct, integer, labelled, output_file
+from ...cli import run_tool as run_cli_tool
 from . import ComparisonError
 
 FORMATS = ("markdown", "csv", "json")
@@ -175,35 +178,29 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
         ax.set_ylabel(comparison.unit)
         ax.legend(fontsize="small")
     try:
-        figure.savefig(path, format="png")
+        write_atomically(path, lambda staging: figure.savefig(staging, format="png"))
     except OSError as err:
         raise ComparisonError(f"{path}: cannot write the plot ({err})") from err
 
 
 # ----------------------------------------------------------------- command line
 
-def parse_labelled_paths(items: Sequence[str]) -> List[Tuple[str, Path]]:
-    """``LABEL=PATH`` pairs (a bare ``PATH`` is labelled by its file stem)."""
-    pairs = []
-    for item in items:
-        label, sep, path = item.partition("=")
-        if not sep or not label or "/" in label or "\\" in label:
-            label, path = Path(item).stem, item
-        pairs.append((label, Path(path)))
-    labels = [label for label, _ in pairs]
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise ComparisonError(f"result-set labels must be unique, got {duplicates} more than once; "
-                              "name them as LABEL=PATH")
-    return pairs
+def add_result_sets(parser: argparse.ArgumentParser, *flags: str, path_type: Callable, help: str) -> None:
+    """The ``LABEL=PATH ...`` option of a comparison: both parts given (a bare ``PATH`` is labelled by
+    its file stem), the path checked by ``path_type``, every label once."""
+    parser.add_argument(*flags, required=True, nargs="+", metavar="LABEL=PATH", type=labelled(path_type),
+                        action=distinct(key=lambda pair: pair.label, what="label ",
+                                        why="result-set labels must be unique: name them as LABEL=PATH"),
+                        help=help)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="markdown",
                         help="report format (default: markdown)")
-    parser.add_argument("--output", type=Path, help="write the report here instead of stdout")
-    parser.add_argument("--plot", type=Path, help="also draw a grouped bar chart into this PNG")
-    parser.add_argument("--digits", type=int, default=2,
+    parser.add_argument("--output", type=output_file,
+                        help="write the report here instead of stdout (never one of the inputs)")
+    parser.add_argument("--plot", type=output_file, help="also draw a grouped bar chart into this PNG")
+    parser.add_argument("--digits", type=integer(0, 15), default=2,
                         help="decimals shown in Markdown (CSV/JSON keep full precision)")
 
 
@@ -214,20 +211,15 @@ def emit(comparison: Comparison, args: argparse.Namespace) -> None:
         sys.stdout.write(text)
     else:
         try:
-            args.output.write_text(text)
+            write_text_atomically(args.output, text)
         except OSError as err:
             raise ComparisonError(f"{args.output}: cannot write the report ({err})") from err
     if args.plot is not None:
         plot_comparison(comparison, args.plot)
 
 
-def run_tool(argv: Optional[Sequence[str]], parser: argparse.ArgumentParser,
+def run_tool(argv: Optional[Sequence[str]], parser: ToolParser,
              compare: Callable[[argparse.Namespace], Comparison]) -> int:
-    """Parse, compare, emit; a :class:`ComparisonError` becomes exit status 2."""
-    args = parser.parse_args(argv)
-    try:
-        emit(compare(args), args)
-    except ComparisonError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Parse (every option checked, :mod:`dgn_plugins.cli`), compare, emit; a :class:`ComparisonError`
+    becomes one line and exit status 2, as a usage error does."""
+    return run_cli_tool(parser, argv, lambda args: emit(compare(args), args), errors=(ComparisonError,))
