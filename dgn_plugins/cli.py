@@ -124,6 +124,7 @@ def _role(role: str):
 
 # -------------------------------------------------------------------- numbers
 def _bounds(low, high, low_open=False, high_open=False) -> str:
+    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
     if low is not None and high is not None:
         return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:

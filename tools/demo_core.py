@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize
+from dgn_plugins.atomic import write_text_atomically
+from dgn_plugins.cli import ToolParser, distinct, integer, output_dir, real
 from dgn_plugins.evaluation.demo_noise import interval_verdict
 from dgn_plugins.evaluation.plots import plot_history
-from dgn_plugins.training.schedule import RegroupSchedule, steps_argument
+from dgn_plugins.training.schedule import RegroupSchedule, interval_argument, steps_argument
 
 NUM_CLASSES = 10
 
@@ -100,23 +102,37 @@ def train(model, images, labels, iters, batch, lr, schedule=None, log=print, bat
     return history
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--regroup-interval", type=steps_argument, default=0.1,
+def parse_args(argv=None):
+    """The options, each checked before any training (one line and exit status 2 for a bad one)."""
+    parser = ToolParser(prog="demo_core.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=integer(1), default=300)
+    parser.add_argument("--batch", type=integer(1), default=64)
+    parser.add_argument("--lr", type=real(0.0, low_open=True), default=0.05)
+    parser.add_argument("--regroup-interval", type=interval_argument, default=0.1,
                         help="iterations between regroups, or a share of training (default 0.1, the study's)")
     parser.add_argument("--regroup-stop", type=steps_argument, default=0.9,
                         help="last regroup at this iteration, or share of training (default 0.9, the study's), so "
                              "the weights adapt to the final groups")
-    parser.add_argument("--percentile", type=float, default=None, help="default: the layer's (0.75, the study's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)),
+    parser.add_argument("--percentile", type=real(0.0, 1.0), default=None,
+                        help="in [0, 1]; default: the layer's (0.75, the study's)")
+    parser.add_argument("--seeds", type=integer(0), nargs="+", default=list(range(5)),
+                        action=distinct(what="seed ", why="each seed trains one GN/DGN pair, and a pair counted "
+                                                          "twice would narrow the interval on no evidence"),
                         help="one GN/DGN pair per seed (initial weights, batch order); default 0-4")
-    parser.add_argument("--train-size", type=int, default=4000, help="generated training images")
-    parser.add_argument("--test-size", type=int, default=1000, help="generated test images (clean and noisy)")
-    parser.add_argument("--work-dir", default="work_dirs/demo_core")
+    parser.add_argument("--train-size", type=integer(1), default=4000, help="generated training images")
+    parser.add_argument("--test-size", type=integer(1), default=1000, help="generated test images (clean and noisy)")
+    parser.add_argument("--work-dir", type=output_dir, default="work_dirs/demo_core")
     args = parser.parse_args(argv)
+    try:
+        args.schedule = RegroupSchedule(interval=args.regroup_interval, stop=args.regroup_stop).resolve(args.iters)
+    except ValueError as error:
+        parser.error(f"--regroup-interval {args.regroup_interval} / --regroup-stop {args.regroup_stop} "
+                     f"with --iters {args.iters}: {error}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
 
     train_images, train_labels = make_gratings(args.train_size, seed=0)
@@ -125,7 +141,7 @@ def main(argv=None):
     data = (train_images, train_labels, test_images, test_labels, noisy_images)
 
     runs, history, dgn_model = [], [], None
-    schedule = RegroupSchedule(interval=args.regroup_interval, stop=args.regroup_stop).resolve(args.iters)
+    schedule = args.schedule
     print(f"{len(args.seeds)} GN/DGN pairs (seeds {args.seeds}), {args.iters} iterations each; DGN regroups every "
           f"{schedule.interval} until iteration {schedule.stop}")
     for index, seed in enumerate(args.seeds):
@@ -145,8 +161,8 @@ def main(argv=None):
     if history:
         plot_history(_initial_ids(dgn_model, layer), history, layer, figure)
         print(f"\ngroup evolution of layer '{layer}' (seed {args.seeds[0]}) written to {figure}")
-    with open(os.path.join(args.work_dir, "results.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "runs": runs, "regroups": history}, f)
+    write_text_atomically(os.path.join(args.work_dir, "results.json"),
+                          json.dumps({"seeds": args.seeds, "runs": runs, "regroups": history}))
     return runs
 
 
@@ -182,24 +198,22 @@ METRICS = (("clean_acc", "clean acc (%)"), ("noisy_acc", "noisy acc (%)"))
 
 
 def summary_table(runs) -> str:
-    """Mean ± 95% CI (Student t) of GN, DGN and their paired difference, with a reading."""
+    """Mean ± 95% CI (Student t) of GN, DGN and their paired difference, with a reading; the
+    difference gets no interval, and says why, without two distinct pairs (``paired_ci``)."""
+    from dgn_plugins.evaluation.robustness.stats import mean_ci, paired_ci
+
     lines = [f"| metric, {len(runs)} seed(s) | GN | DGN | DGN − GN (paired) | reading |",
              "|---|---:|---:|---:|---|"]
     for key, title in METRICS:
         gn = [run["GN"][key] for run in runs]
         dgn = [run["DGN"][key] for run in runs]
-        cells = [_mean_ci(v) for v in (gn, dgn, [b - a for a, b in zip(gn, dgn)])]
-        verdict = interval_verdict(*cells[2])
+        paired = paired_ci(gn, dgn)
+        cells = [mean_ci(gn), mean_ci(dgn), (paired.mean, paired.half_width)]
         text = [f"{m:.2f}" if math.isnan(h) else f"{m:.2f} ± {h:.2f}" for m, h in cells]
         text[2] = text[2] if text[2].startswith("-") else "+" + text[2]
+        verdict = interval_verdict(paired.mean, paired.half_width, paired.why)
         lines.append(f"| {title} | {text[0]} | {text[1]} | {text[2]} | {verdict} |")
     return "\n".join(lines)
-
-
-def _mean_ci(values):
-    from dgn_plugins.evaluation.robustness.stats import mean_ci
-
-    return mean_ci(values)
 
 
 def _initial_ids(model, layer):

@@ -43,16 +43,15 @@ def spread(values: Sequence[float]) -> Optional[dict]:
 
 
 def paired_difference(gn: Sequence[float], dgn: Sequence[float]) -> Optional[dict]:
-    """DGN minus GN over seeds trained in pairs: n, mean and 95% CI half-width (t)."""
-    pairs = [(float(a), float(b)) for a, b in zip(gn, dgn)
-             if a is not None and b is not None and not math.isnan(float(a)) and not math.isnan(float(b))]
-    n = len(pairs)
-    if n < 2:
+    """DGN minus GN over seeds trained in pairs: n, mean and 95% CI half-width (t);
+    None without an interval (fewer than two distinct pairs, or no spread:
+    :func:`~dgn_plugins.evaluation.robustness.stats.paired_ci`)."""
+    from .robustness.stats import paired_ci
+
+    paired = paired_ci(gn, dgn)
+    if paired.why:
         return None
-    diffs = [b - a for a, b in pairs]
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    return {"n": n, "mean": mean, "sd": sd, "ci": t_quantile(n - 1) * sd / math.sqrt(n)}
+    return {"n": paired.n, "mean": paired.mean, "sd": paired.sd, "ci": paired.half_width}
 
 
 def reading(delta: float, gn_spread: Optional[dict]) -> str:
@@ -66,10 +65,11 @@ def reading(delta: float, gn_spread: Optional[dict]) -> str:
     return "outside the GN-vs-GN spread (one seed pair)"
 
 
-def interval_verdict(mean: float, half_width: float) -> str:
-    """Whether a 95% interval for DGN minus GN excludes 0, and on which side."""
+def interval_verdict(mean: float, half_width: float, why: Optional[str] = None) -> str:
+    """Whether a 95% interval for DGN minus GN excludes 0, and on which side (``why``: the reason
+    there is no interval, when there is none)."""
     if half_width is None or math.isnan(half_width):
-        return "no interval (one seed)"
+        return f"no interval: {why}" if why else "no interval (one seed)"
     if mean - half_width > 0:
         return "DGN higher: the CI excludes 0"
     if mean + half_width < 0:

@@ -21,17 +21,36 @@ Steps = Union[int, float]
 def _is_share(value) -> bool:
     return isinstance(value, float)
 
-__all__ = ["RegroupSchedule", "steps_argument"]
+__all__ = ["RegroupSchedule", "steps_argument", "interval_argument"]
 
 
 def steps_argument(text: str) -> Steps:
     """An argparse ``type`` for a schedule value: a number of steps (``500``) or a share of the run (``0.1``)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
+        return _share(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a number of steps is >= 0")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
         value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of steps (an integer >= 0) "
+                                          "or a share of the run in (0, 1)") from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{text}: a share of the run lies in (0, 1); iterations are an integer")
+    return value
+
+
+def interval_argument(text: str) -> Steps:
+    """:func:`steps_argument` for an interval: at least 1 step, or a share of the run."""
+    value = steps_argument(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text}: regroup every N >= 1 steps, or every share of the run in (0, 1)")
     return value
 
 
