@@ -25,7 +25,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Tuple, Type
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 from .errors import ConfigError
 
@@ -52,12 +52,25 @@ class ToolParser(argparse.ArgumentParser):
     printed (``--help`` shows the usage), so every bad input reads as one line.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._checks: List[Callable[[argparse.Namespace], Optional[str]]] = []
+
+    def add_check(self, check: Callable[[argparse.Namespace], Optional[str]]) -> None:
+        """``check(args)``, run once every option is parsed, for what no single option can tell
+        (options that exclude or need each other); a message it returns is the error."""
+        self._checks.append(check)
+
     def error(self, message):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {_one_line(message)}\n")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         self._check_outputs(namespace)
+        for check in self._checks:
+            message = check(namespace)
+            if message:
+                self.error(message)
         return namespace, extras
 
     def _paths(self, namespace, role: str) -> Iterator[Tuple[str, Path]]:

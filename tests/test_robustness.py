@@ -298,9 +298,11 @@ def test_insert_corruption_tells_the_transform_the_loaders_channel_order():
 def test_tool_error_paths_exit_2_with_a_message(tmp_path, capsys):
     tool = _tool()
     assert tool.main(["--models", "GN=missing.py,x.pth", "--corruptions", "fog"]) == 2
-    assert "not found" in capsys.readouterr().err
-    assert tool.main(["--models", "GN=missing.py,x.pth", "--corruptions", "rain"]) == 2
-    assert "unknown corruption" in capsys.readouterr().err
+    assert "argument --models: missing.py: no such file" in capsys.readouterr().err
+    config = tmp_path / "gn.py"
+    config.write_text("model = dict()\n")
+    assert tool.main(["--models", f"GN={config}", "--random-init", "--corruptions", "rain"]) == 2
+    assert "argument --corruptions: invalid choice: 'rain'" in capsys.readouterr().err
     assert tool.main([]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
 
@@ -312,7 +314,7 @@ def test_detectron2_toolkit_without_detectron2_names_the_missing_package(tmp_pat
     monkeypatch.delitem(sys.modules, "dgn_plugins.evaluation.robustness.detectron2", raising=False)
     config = tmp_path / "mask_rcnn.yaml"
     config.write_text("MODEL:\n  MASK_ON: True\n")
-    assert _tool().main([str(config), "--corruptions", "fog", "--severities", "1"]) == 2
+    assert _tool().main([str(config), "--random-init", "--corruptions", "fog", "--severities", "1"]) == 2
     err = capsys.readouterr().err
     assert "'detectron2' robustness evaluator cannot be loaded" in err and "detectron2 package" in err
 

@@ -122,13 +122,18 @@ def parse_args(argv=None):
     parser.add_argument("--train-size", type=integer(1), default=4000, help="generated training images")
     parser.add_argument("--test-size", type=integer(1), default=1000, help="generated test images (clean and noisy)")
     parser.add_argument("--work-dir", type=output_dir, default="work_dirs/demo_core")
-    args = parser.parse_args(argv)
+    parser.add_check(_check_schedule)
+    return parser.parse_args(argv)
+
+
+def _check_schedule(args):
+    """The regroup schedule must make sense for the run's length (``args.schedule``: resolved)."""
     try:
         args.schedule = RegroupSchedule(interval=args.regroup_interval, stop=args.regroup_stop).resolve(args.iters)
     except ValueError as error:
-        parser.error(f"--regroup-interval {args.regroup_interval} / --regroup-stop {args.regroup_stop} "
-                     f"with --iters {args.iters}: {error}")
-    return args
+        return (f"--regroup-interval {args.regroup_interval} / --regroup-stop {args.regroup_stop} "
+                f"with --iters {args.iters}: {error}")
+    return None
 
 
 def main(argv=None):

@@ -14,6 +14,10 @@ the first, e.g. GN).
     python tools/test_robustness.py --models GN=gn.py,gn.pth DGN=dgn.py,dgn.pth \\
         --corruptions gaussian_noise fog --severities 1 3 5 --out gn_vs_dgn.json
 
+A model given without a checkpoint is refused: its scores would be those of
+random weights. ``--random-init`` evaluates it anyway, on purpose (with the
+weights its config builds; Detectron2: its ``MODEL.WEIGHTS`` if set).
+
 Corruptions come from ``imagecorruptions-imaug==1.1.5`` (the numpy-2 drop-in for
 ``imagecorruptions``), seeded per image by ``--seed``: a rerun gives the same images.
 They run in RGB, the library's convention, in both toolkits (a BGR image, as
@@ -40,68 +44,109 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple, Optional
 
+from dgn_plugins.atomic import write_text_atomically
+from dgn_plugins.cli import (
+    KeyValues,
+    ToolParser,
+    checkpoint_file,
+    distinct,
+    existing_file,
+    integer,
+    key_value,
+    output_dir,
+    output_file,
+    run_tool,
+)
 from dgn_plugins.evaluation.compare import ComparisonError
 from dgn_plugins.evaluation.compare.report import add_output_arguments, comparison_to_dict, emit
 from dgn_plugins.evaluation.robustness.corruptions import (
     CORRUPTIONS,
+    SEVERITIES,
     CorruptionError,
     check_corruptions,
     check_severities,
 )
 
 
-def parse_models(args) -> list:
-    """``[(label, config, checkpoint)]`` from ``--models LABEL=CFG,CKPT`` or the positionals."""
-    if args.models and args.config:
-        raise ComparisonError("give either CONFIG CHECKPOINT or --models, not both")
-    if args.config:
-        return [(Path(args.config).stem, args.config, args.checkpoint)]
-    if not args.models:
-        raise ComparisonError("nothing to evaluate: give CONFIG CHECKPOINT or --models LABEL=CONFIG,CHECKPOINT ...")
-    models = []
-    for item in args.models:
-        label, sep, rest = item.partition("=")
-        config, comma, checkpoint = rest.partition(",")
-        if not sep or not label or not config:
-            raise ComparisonError(f"--models expects LABEL=CONFIG,CHECKPOINT, got {item!r}")
-        models.append((label, config, checkpoint or None))
-    labels = [m[0] for m in models]
-    if len(set(labels)) != len(labels):
-        raise ComparisonError(f"model labels must be unique, got {labels}")
-    return models
+class Model(NamedTuple):
+    label: str
+    config: Path
+    checkpoint: Optional[Path]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help="config of a single model")
-    parser.add_argument("checkpoint", nargs="?", help="its checkpoint")
-    parser.add_argument("--models", nargs="+", metavar="LABEL=CONFIG,CHECKPOINT",
+def model_argument(text: str) -> Model:
+    """``LABEL=CONFIG[,CHECKPOINT]``: a label, a config that exists, a checkpoint file if given."""
+    label, sep, rest = text.partition("=")
+    config, comma, checkpoint = rest.partition(",")
+    missing = ("LABEL=" if not sep else "an empty label" if not label else "an empty config" if not config
+               else "an empty checkpoint after the comma" if comma and not checkpoint else None)
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text!r}: {'no ' + missing if not sep else missing}; "
+                                         "expected LABEL=CONFIG,CHECKPOINT")
+    return Model(label, existing_file(config), checkpoint_file(checkpoint) if checkpoint else None)
+
+
+model_argument.role = "input"
+
+
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="test_robustness.py", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", type=existing_file, help="config of a single model")
+    parser.add_argument("checkpoint", nargs="?", type=checkpoint_file, help="its checkpoint")
+    parser.add_argument("--models", nargs="+", metavar="LABEL=CONFIG,CHECKPOINT", type=model_argument,
+                        action=distinct(key=lambda model: model.label, what="label ",
+                                        why="model labels must be unique"),
                         help="several models; the first is the baseline of the table (e.g. GN)")
-    parser.add_argument("--corruptions", nargs="+", metavar="NAME", help=f"subset of {', '.join(CORRUPTIONS)}")
-    parser.add_argument("--severities", nargs="+", type=int, metavar="S", help="subset of 1 2 3 4 5")
-    parser.add_argument("--seed", type=int, default=0, help="base seed of the corruptions")
+    parser.add_argument("--random-init", action="store_true",
+                        help="evaluate a model given without a checkpoint anyway, with the weights its config "
+                             "builds (random initialisation; Detectron2: its MODEL.WEIGHTS if set)")
+    parser.add_argument("--corruptions", nargs="+", metavar="NAME", choices=CORRUPTIONS,
+                        action=distinct(what="corruption "), help=f"subset of {', '.join(CORRUPTIONS)}")
+    parser.add_argument("--severities", nargs="+", type=integer(min(SEVERITIES), max(SEVERITIES)), metavar="S",
+                        action=distinct(what="severity "), help="subset of 1 2 3 4 5")
+    parser.add_argument("--seed", type=integer(0), default=0, help="base seed of the corruptions")
     parser.add_argument("--metric", help="headline metric key (default: coco/bbox_mAP, ... or mIoU, found in the results)")
     parser.add_argument("--toolkit", choices=("openmmlab", "detectron2"), help="default: from the config's extension")
-    parser.add_argument("--work-dir", default="work_dirs/robustness")
-    parser.add_argument("--out", type=Path, help="JSON with every cell of every model and the comparison")
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--work-dir", type=output_dir, default="work_dirs/robustness")
+    parser.add_argument("--out", type=output_file, help="JSON with every cell of every model and the comparison")
+    parser.add_argument("--cfg-options", nargs="+", type=key_value(), action=KeyValues, default={}, metavar="KEY=VALUE",
                         help="config overrides: mmengine's --cfg-options, or Detectron2 keys (yacs or LazyConfig)")
     add_output_arguments(parser)
+    parser.add_check(_check_models)
     return parser
 
 
-def _cfg_options(items, toolkit: str):
-    """mmengine's parsed dict for OpenMMLab; Detectron2 takes the ``KEY=VALUE`` strings as they are."""
-    if not items:
+def _check_models(args) -> Optional[str]:
+    """One way to name the models, and a checkpoint for each unless ``--random-init``;
+    ``args.models`` becomes the list of :class:`Model` s either way."""
+    if args.models and args.config:
+        return "give either CONFIG CHECKPOINT or --models, not both"
+    if args.config:
+        args.models = [Model(args.config.stem, args.config, args.checkpoint)]
+    if not args.models:
+        return "nothing to evaluate: give CONFIG CHECKPOINT or --models LABEL=CONFIG,CHECKPOINT ..."
+    unweighted = [model.label for model in args.models if model.checkpoint is None]
+    if unweighted and not args.random_init:
+        return (f"no checkpoint for {', '.join(unweighted)}: its scores would be those of random weights; give "
+                "LABEL=CONFIG,CHECKPOINT (or CONFIG CHECKPOINT), or --random-init to evaluate it so on purpose")
+    return None
+
+
+def _cfg_options(options: dict, toolkit: str):
+    """mmengine's parsed values for OpenMMLab; Detectron2 takes ``KEY=VALUE`` strings as they are."""
+    if not options:
         return None
     if toolkit == "detectron2":
-        return list(items)
+        return [f"{key}={value}" for key, value in options.items()]
     from mmengine.config import DictAction
 
-    namespace = argparse.Namespace()
-    DictAction(option_strings=[], dest="options")(None, namespace, items)
-    return namespace.options
+    try:
+        return {key: DictAction._parse_iterable(value) for key, value in options.items()}
+    except AssertionError as error:  # mmengine's check of balanced brackets
+        raise ComparisonError(f"--cfg-options: {error}") from None
 
 
 def run(args) -> dict:
@@ -109,40 +154,34 @@ def run(args) -> dict:
     from dgn_plugins.evaluation.robustness.sweep import comparison_of, run_sweep
 
     corruptions, severities = check_corruptions(args.corruptions), check_severities(args.severities)
-    models = parse_models(args)
-    for label, config, checkpoint in models:
-        if not os.path.isfile(config):
-            raise ComparisonError(f"{label}: config {config} not found")
-        if checkpoint and not os.path.isfile(checkpoint):
-            raise ComparisonError(f"{label}: checkpoint {checkpoint} not found")
+    plans = []  # every model's toolkit and options, settled before the first is evaluated
+    for label, config, checkpoint in args.models:
+        toolkit = args.toolkit or guess_toolkit(str(config))
+        plans.append((label, str(config), None if checkpoint is None else str(checkpoint), toolkit,
+                      _cfg_options(args.cfg_options, toolkit)))
+        if checkpoint is None:
+            print(f"{label}: no checkpoint, evaluated with the weights its config builds (--random-init)",
+                  file=sys.stderr)
     results = []
-    for label, config, checkpoint in models:
-        toolkit = args.toolkit or guess_toolkit(config)
+    for label, config, checkpoint, toolkit, options in plans:
         log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (stdout carries the table)
         # pycocotools and the toolkits print progress to stdout, which carries the table
         with contextlib.redirect_stdout(sys.stderr):
             evaluator = build_evaluator(toolkit, config, checkpoint, work_dir=os.path.join(args.work_dir, label),
-                                        seed=args.seed, cfg_options=_cfg_options(args.cfg_options, toolkit))
+                                        seed=args.seed, cfg_options=options)
             results.append(run_sweep(evaluator, corruptions, severities, label=label, seed=args.seed,
                                      metric=args.metric, log=log))
     comparison = comparison_of(results)
     payload = {"corruptions": corruptions, "severities": severities, "seed": args.seed,
                "results": results, "comparison": comparison_to_dict(comparison)}
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(payload, indent=1, allow_nan=True))
+        write_text_atomically(args.out, json.dumps(payload, indent=1, allow_nan=True))
     emit(comparison, args)
     return payload
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ComparisonError, CorruptionError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(build_parser(), argv, run, errors=(ComparisonError, CorruptionError, ValueError, KeyError))
 
 
 if __name__ == "__main__":
