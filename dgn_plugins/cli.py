@@ -23,20 +23,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type
 
-from .errors import ConfigError
+from .errors import USAGE_ERROR, run_cli
 
 __all__ = [
     "USAGE_ERROR", "ToolParser", "run_tool", "integer", "real", "existing_file", "existing_dir",
     "existing_path", "checkpoint_file", "output_file", "output_dir", "Labelled", "labelled", "key_value",
     "KeyValues", "distinct",
 ]
-
-#: Exit status of every usage error, in every tool (argparse's).
-USAGE_ERROR = 2
 
 ArgumentTypeError = argparse.ArgumentTypeError
 
@@ -99,20 +95,11 @@ class ToolParser(argparse.ArgumentParser):
 
 def run_tool(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], work: Callable[[argparse.Namespace], object],
              errors: Tuple[Type[BaseException], ...] = ()) -> int:
-    """A tool's ``main``: parse ``argv`` (a usage error is argparse's one line, status 2), then
-    ``work(args)``; a :class:`~dgn_plugins.errors.ConfigError` or one of ``errors`` (bad input files
-    found while working) becomes one line ``error: ...`` and status 2. Returns the exit status, so
-    that ``main(argv)`` can be called as well as run."""
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:  # the one line is printed; --help exits 0
-        return exit.code if isinstance(exit.code, int) else USAGE_ERROR
-    try:
-        work(args)
-    except (ConfigError, *errors) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return USAGE_ERROR
-    return 0
+    """A tool's ``main``: parse ``argv`` (a usage error is one line, status 2), then ``work(args)``;
+    a :class:`~dgn_plugins.errors.ConfigError` or one of ``errors`` (bad input files found while
+    working) becomes one line ``error: ...`` and status 2 (:func:`~dgn_plugins.errors.run_cli`).
+    Returns the exit status, so that ``main(argv)`` can be called as well as run."""
+    return run_cli(lambda args: work(parser.parse_args(args)), argv, errors)
 
 
 def _option_name(action: argparse.Action) -> str:

@@ -13,6 +13,8 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
+from .errors import ConfigError
+
 __all__ = ["is_detectron2_config", "detectron2_argv", "main", "cli"]
 
 
@@ -40,7 +42,7 @@ def _detectron2_main():
     try:
         from dgn_plugins.detectron2.launcher import main as detectron2_main
     except ImportError as error:
-        raise SystemExit(
+        raise ConfigError(
             f"Detectron2 config given, but Detectron2 is not importable ({error}). "
             "Build it from source: see docs/detectron2.md"
         ) from None

@@ -26,52 +26,96 @@ import os
 import os.path as osp
 import sys
 
-from dgn_plugins.training.schedule import steps_argument
+from ..cli import KeyValues, ToolParser, checkpoint_file, existing_file, integer, key_value, output_dir
+from ..errors import ConfigError
+from ..training.schedule import interval_argument, steps_argument
 
 OPENMMLAB_TOOLKITS = ("mmdet", "mmseg")
+CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # what mmengine's Config.fromfile reads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The toolkits' ``tools/train.py`` flags and ``--dgn``'s, each checked before anything is built
+    (:mod:`dgn_plugins.cli`: one line and exit status 2 for a bad value)."""
     from mmengine.config import DictAction
 
-    parser = argparse.ArgumentParser(description="Train a model with DGN (MMDetection / MMSegmentation configs)")
-    parser.add_argument("config", help="train config file path")
-    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    config_value = key_value(DictAction._parse_iterable)  # mmengine's reading of VALUE, its errors one line
+    parser = ToolParser(prog="train.py", description="Train a model with DGN (MMDetection / MMSegmentation configs)")
+    parser.add_argument("config", type=config_argument, help="train config file path (or package::path)")
+    parser.add_argument("--work-dir", type=output_dir, help="the dir to save logs and models")
     parser.add_argument("--amp", action="store_true", default=False, help="enable automatic-mixed-precision training")
     parser.add_argument("--auto-scale-lr", action="store_true", help="enable automatically scaling LR")
     parser.add_argument(
         "--resume",
         nargs="?",
-        type=str,
+        type=resume_argument,
         const="auto",
         help="resume from this checkpoint; without a path, from the latest checkpoint in the work dir",
     )
     parser.add_argument(
         "--cfg-options",
         nargs="+",
-        action=DictAction,
+        type=config_value,
+        action=KeyValues,
+        metavar="KEY=VALUE",
         help="override config settings, xxx=yyy pairs merged into the config (as in the toolkits' train.py)",
     )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher")
     dgn = parser.add_argument_group("GN -> DGN", "run a GN config with Dynamic Group Normalization, no config file needed")
     dgn.add_argument("--dgn", action="store_true",
                      help="replace every GN norm_cfg (and nn.GroupNorm built directly) with DGN and add DGNRegroupHook")
-    dgn.add_argument("--dgn-interval", type=steps_argument, default=0.1,
+    dgn.add_argument("--dgn-interval", type=interval_argument, default=0.1,
                      help="regroup every N iterations, or every share of the run as a float in (0, 1) "
                           "(default 0.1: every tenth of training)")
     dgn.add_argument("--dgn-stop", type=steps_argument,
                      help="last iteration that may regroup, or a share of the run (default: the hook's, 0.9: none "
                           "in the last tenth); both defaults are the study's choice (bench/RESULTS.md)")
-    dgn.add_argument("--dgn-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+    dgn.add_argument("--dgn-options", nargs="+", type=config_value, action=DGNOptions, metavar="KEY=VALUE",
                      help="DGN layer options, e.g. alpha=0.5 percentile=0.75 group_size=16 (GN's num_groups is kept)")
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    parser.add_argument("--local_rank", "--local-rank", type=integer(0), default=0)
+    parser.add_check(lambda args: None if args.dgn or not (args.dgn_options or args.dgn_stop is not None)
+                     else "--dgn-options/--dgn-stop need --dgn")
     args = parser.parse_args(argv)
-    if not args.dgn and (args.dgn_options or args.dgn_stop is not None):
-        parser.error("--dgn-options/--dgn-stop need --dgn")
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return args
+
+
+class DGNOptions(KeyValues):
+    """``--dgn-options``: the layer options, known keys and values the layer accepts (``check_layer_options``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .switch import check_layer_options
+
+        super().__call__(parser, namespace, values, option_string)
+        try:
+            check_layer_options(getattr(namespace, self.dest))
+        except ConfigError as error:
+            parser.error(str(error))
+
+
+def config_argument(text: str) -> str:
+    """A config file mmengine reads, or ``package::path`` in an installed toolkit; returned as given."""
+    if "::" not in text:
+        resolved = str(existing_file(text))
+    else:
+        try:
+            resolved = resolve_config_path(text)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    if not resolved.endswith(CONFIG_SUFFIXES):
+        raise argparse.ArgumentTypeError(f"{text}: not a config (mmengine reads {', '.join(CONFIG_SUFFIXES)} files)")
+    return text
+
+
+def resume_argument(text: str):
+    """``--resume PATH``: a checkpoint file (checked), or a URL mmengine downloads (as given);
+    ``auto`` (``--resume`` alone: argparse passes its const through here too) as it is."""
+    return text if text == "auto" or "://" in text else checkpoint_file(text)
+
+
+resume_argument.role = "input"
 
 
 # ------------------------------------------------------------------ toolkit
@@ -92,7 +136,7 @@ def toolkit_of(cfg) -> str:
                         return toolkit
             except ImportError:
                 continue
-    raise SystemExit(
+    raise ConfigError(
         f"Cannot tell whether the config is for MMDetection or MMSegmentation (default_scope={scope!r}, "
         f"model type={model_type!r}): set default_scope = 'mmdet' or 'mmseg' in it."
     )
@@ -120,25 +164,28 @@ def load_config(args):
     cfg = Config.fromfile(resolve_config_path(args.config))
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        _check_overrides(cfg, args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except (TypeError, KeyError, ValueError) as error:  # e.g. a key path through a number
+            raise ConfigError(f"--cfg-options {' '.join(f'{k}={v}' for k, v in args.cfg_options.items())}: "
+                              f"{error}") from None
     # work_dir: CLI > config > ./work_dirs/<config name>
     if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
+        cfg.work_dir = str(args.work_dir)
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config.split("::")[-1]))[0])
     if getattr(args, "dgn", False):  # applied by build_runner, which knows the toolkit and the data
-        if isinstance(args.dgn_interval, int) and args.dgn_interval < 1 or not 0 < args.dgn_interval:
-            raise SystemExit(f"--dgn-interval must be >= 1 iterations or a share in (0, 1), got {args.dgn_interval}")
         cfg.dgn_switch = dict(options=dict(args.dgn_options or {}), interval=args.dgn_interval, stop=args.dgn_stop)
     if args.amp:
         _enable_amp(cfg)
     if args.auto_scale_lr:
-        if "auto_scale_lr" in cfg and "enable" in cfg.auto_scale_lr and "base_batch_size" in cfg.auto_scale_lr:
+        scale = cfg.get("auto_scale_lr")
+        if isinstance(scale, dict) and "enable" in scale and "base_batch_size" in scale:
             cfg.auto_scale_lr.enable = True
         else:
-            raise RuntimeError(
-                'Can not find "auto_scale_lr" or "auto_scale_lr.enable" or "auto_scale_lr.base_batch_size" '
-                "in your configuration file."
+            raise ConfigError(
+                '--auto-scale-lr needs "auto_scale_lr = dict(enable=False, base_batch_size=...)" in the config'
             )
     # resume: an explicit checkpoint > the latest in work_dir
     if args.resume == "auto":
@@ -146,24 +193,45 @@ def load_config(args):
         cfg.load_from = None
     elif args.resume is not None:
         cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = str(args.resume)
     return cfg
+
+
+def _check_overrides(cfg, options) -> None:
+    """Refuse an override that cannot be what the config holds there, a word where it has a number
+    or True/False (``train_cfg.max_epochs=x``), naming the key, rather than by an ``int()`` deep in
+    the Runner. (mmengine has already read numbers, true/false and None as such.)"""
+    for key, value in options.items():
+        current = cfg  # a Config: no dict itself, but read like one
+        for part in key.split("."):
+            if isinstance(current, (dict, type(cfg))) and part in current:
+                current = current[part]
+            elif isinstance(current, (list, tuple)) and part.isdigit() and int(part) < len(current):
+                current = current[int(part)]
+            else:
+                current = None  # a new key: nothing to compare with
+                break
+        if isinstance(current, (bool, int, float)) and isinstance(value, str):
+            expected = "True or False" if isinstance(current, bool) else "a number"
+            raise ConfigError(f"--cfg-options {key}={value}: expected {expected}, as the config has there "
+                              f"({current!r})")
 
 
 def resolve_config_path(path: str) -> str:
     """A local file, or ``package::relative/path.py`` (e.g. ``mmdet::gn/...``) in the installed toolkit."""
     if "::" not in path:
-        if not osp.isfile(path):
-            raise SystemExit(f"config file {path} not found")
-        return path
+        try:
+            return str(existing_file(path))
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"config file {error}") from None
     from mmengine.config import Config
 
     try:
         resolved, _ = Config._get_cfg_path(path, "")
     except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"config {path}: {error}") from None
+        raise ConfigError(f"config {path}: {error}") from None
     if not osp.isfile(resolved):
-        raise SystemExit(f"config {path}: no file {resolved} in the installed package")
+        raise ConfigError(f"config {path}: no file {resolved} in the installed package")
     return resolved
 
 
@@ -175,7 +243,7 @@ def _enable_amp(cfg) -> None:
         print_log("AMP training is already enabled in your config.", logger="current", level=logging.WARNING)
         return
     if wrapper != "OptimWrapper":
-        raise SystemExit(f"--amp needs optim_wrapper.type == 'OptimWrapper', got {wrapper!r}")
+        raise ConfigError(f"--amp needs optim_wrapper.type == 'OptimWrapper', got {wrapper!r}")
     cfg.optim_wrapper.type = "AmpOptimWrapper"
     cfg.optim_wrapper.loss_scale = "dynamic"
 
@@ -197,7 +265,7 @@ def setup_cpu_distributed(cfg) -> None:
     dist_cfg = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")
     cfg.env_cfg = dict(env_cfg, dist_cfg=dist_cfg)
     if cfg.launcher != "pytorch":
-        raise SystemExit(
+        raise ConfigError(
             f"--launcher {cfg.launcher} needs GPUs with MMEngine; on CPU use torchrun with --launcher pytorch."
         )
     if not dist.is_initialized():
@@ -238,8 +306,23 @@ def build_runner(cfg):
     except DGNOptionError as error:
         raise DGNOptionError(explain_infeasible_dgn(cfg.model, toolkit, error)) from None
     if switch is not None:
+        _require_dgn_layers(runner, cfg)
         _add_regroup_hook(runner, cfg, switch, changes)
     return runner
+
+
+def _require_dgn_layers(runner, cfg) -> None:
+    """``--dgn`` on a config with no GN would train a model without DGN layers: stop before training."""
+    from ..training.model import dgn_layers
+    from .norm_check import iter_norm_cfgs
+
+    if not dgn_layers(runner.model):
+        types = sorted({str(norm_cfg.get("type")) for _, norm_cfg in iter_norm_cfgs(cfg.model)})
+        raise ConfigError(
+            "--dgn: nothing to convert: the config has no GN norm_cfg "
+            + (f"(its norm types: {', '.join(types)}) " if types else "")
+            + "and its model builds no nn.GroupNorm, so it would train with no DGN layer"
+        )
 
 
 def _apply_dgn_switch(cfg, switch, runner_cls):

@@ -15,13 +15,20 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Union
 
+from ..errors import ConfigError
+
 Steps = Union[int, float]
+
+
+class ScheduleError(ValueError, ConfigError):
+    """A regroup schedule that cannot be met (the hook's ``interval``/``start``/``stop``, or a run too
+    short for it); the launchers report it as one line."""
 
 
 def _is_share(value) -> bool:
     return isinstance(value, float)
 
-__all__ = ["RegroupSchedule", "steps_argument", "interval_argument"]
+__all__ = ["RegroupSchedule", "ScheduleError", "steps_argument", "interval_argument"]
 
 
 def steps_argument(text: str) -> Steps:
@@ -71,14 +78,14 @@ class RegroupSchedule:
         for name in ("interval", "start", "stop"):
             value = getattr(self, name)
             if _is_share(value) and not 0.0 < value < 1.0 and not (name != "interval" and value == 0.0):
-                raise ValueError(f"regroup {name} given as a share of the run must lie in (0, 1), got {value} "
+                raise ScheduleError(f"regroup {name} given as a share of the run must lie in (0, 1), got {value} "
                                  f"(a number of steps is an int)")
         if self.interval < 1 and not _is_share(self.interval):
-            raise ValueError(f"regroup interval must be >= 1, got {self.interval}")
+            raise ScheduleError(f"regroup interval must be >= 1, got {self.interval}")
         if self.start < 0:
-            raise ValueError(f"regroup start must be >= 0, got {self.start}")
+            raise ScheduleError(f"regroup start must be >= 0, got {self.start}")
         if self.stop is not None and _is_share(self.start) == _is_share(self.stop) and self.stop < self.start:
-            raise ValueError(f"regroup stop ({self.stop}) must not precede start ({self.start})")
+            raise ScheduleError(f"regroup stop ({self.stop}) must not precede start ({self.start})")
 
     @property
     def has_shares(self) -> bool:
@@ -90,8 +97,8 @@ class RegroupSchedule:
         if not self.has_shares:
             return self
         if total <= 0:
-            raise ValueError(f"a regroup schedule given as shares of the run ({self}) needs the run's length; "
-                             f"got {total} steps")
+            raise ScheduleError(f"a regroup schedule given as shares of the run ({self}) needs the run's length; "
+                                f"got {total} steps (does the run train at all? its max_iters / max_epochs)")
 
         def steps(value, rounding=round):
             return rounding(value * total) if _is_share(value) else value

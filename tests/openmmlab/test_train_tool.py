@@ -3,12 +3,14 @@ dispatch point, and the unknown-norm check before anything is built."""
 import os
 
 import pytest
+import torch
 from mmdet_helpers import DEMO_DGN, DEMO_GN, import_train_tool
 
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 
 from mmengine.config import Config  # noqa: E402
 
+from dgn_plugins.errors import ConfigError  # noqa: E402
 from dgn_plugins.openmmlab import UnknownNormTypeError  # noqa: E402
 
 train = import_train_tool()
@@ -22,13 +24,15 @@ def test_flags_match_the_toolkits_train_py(tmp_path):
     cfg = train.load_config(train.parse_args([DEMO_GN, "--resume"]))
     assert cfg.resume is True and cfg.load_from is None  # latest checkpoint in work_dir
     assert cfg.work_dir == os.path.join("./work_dirs", "mask-rcnn_tiny_gn_demo")
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {}}, checkpoint)
     cfg = train.load_config(
         train.parse_args([
-            DEMO_GN, "--resume", "ckpt.pth", "--amp", "--work-dir", str(tmp_path),
+            DEMO_GN, "--resume", str(checkpoint), "--amp", "--work-dir", str(tmp_path),
             "--cfg-options", "train_cfg.max_epochs=3", "model.backbone.depth=34",
         ])
     )  # fmt: skip
-    assert cfg.resume is True and cfg.load_from == "ckpt.pth" and cfg.work_dir == str(tmp_path)
+    assert cfg.resume is True and cfg.load_from == str(checkpoint) and cfg.work_dir == str(tmp_path)
     assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.loss_scale == "dynamic"
     assert cfg.train_cfg.max_epochs == 3 and cfg.model.backbone.depth == 34
 
@@ -39,7 +43,7 @@ def test_toolkit_detection():
     assert train.toolkit_of(Config(dict(default_scope="mmseg", model=dict(type="EncoderDecoder")))) == "mmseg"
     assert train.toolkit_of(Config(dict(model=dict(type="EncoderDecoder")))) == "mmseg"  # no default_scope
     assert train.toolkit_of(Config(dict(model=dict(type="MaskRCNN")))) == "mmdet"
-    with pytest.raises(SystemExit, match="default_scope"):
+    with pytest.raises(ConfigError, match="default_scope"):
         train.toolkit_of(Config(dict(model=dict(type="NoSuchModel"))))
 
 
@@ -59,7 +63,7 @@ def test_detectron2_configs_are_dispatched_to_the_detectron2_launcher(tmp_path):
         import dgn_plugins.detectron2  # noqa: F401
     except ImportError:
         for config in (yaml, lazy):
-            with pytest.raises(SystemExit, match="Detectron2 is not importable.*docs/detectron2.md"):
+            with pytest.raises(ConfigError, match="Detectron2 is not importable.*docs/detectron2.md"):
                 launch.main([str(config)])
 
 
@@ -76,7 +80,7 @@ def test_other_launchers_on_cpu_say_what_to_use():
     if torch.cuda.is_available():
         pytest.skip("the CPU path applies without CUDA only")
     cfg = train.load_config(train.parse_args([DEMO_DGN, "--launcher", "slurm"]))
-    with pytest.raises(SystemExit, match="torchrun"):
+    with pytest.raises(ConfigError, match="torchrun"):
         train.setup_cpu_distributed(cfg)
     assert cfg.env_cfg.dist_cfg.backend == "gloo"
 
