@@ -23,8 +23,11 @@ import gc
 import math
 import os
 import os.path as osp
+import sys
 import time
 
+from dgn_plugins.cli import ToolParser, integer, output_dir
+from dgn_plugins.errors import run_cli
 from dgn_plugins.evaluation import demo_noise
 from dgn_plugins.openmmlab import launcher as train_tool  # what tools/train.py runs
 
@@ -37,10 +40,12 @@ COCO_KEYS = tuple(f"coco/{t}_mAP{s}" for t in ("bbox", "segm") for s in ("", "_5
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", default="work_dirs/demo", help="where runs, logs and predictions go")
-    parser.add_argument("--data-root", default="data/synthetic_coco", help="the generated detection data set")
-    parser.add_argument("--epochs", type=int, help="detection epochs (default: the configs')")
+    parser = ToolParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=output_dir, default="work_dirs/demo", help="where runs, logs and predictions go")
+    parser.add_argument("--data-root", type=output_dir, default="data/synthetic_coco",
+                        help="the generated detection data set (made on first use; a folder of other data is "
+                             "refused, never replaced)")
+    parser.add_argument("--epochs", type=integer(1), help="detection epochs (default: the configs')")
     parser.add_argument("--skip-seg", action="store_true", help="skip the segmentation pair")
     parser.add_argument("--skip-core", action="store_true", help="skip the plain-PyTorch demo")
     return parser.parse_args(argv)
@@ -48,7 +53,7 @@ def parse_args(argv=None):
 
 def train_config(config: str, work_dir: str, overrides: dict):
     """Train one config in this process with tools/train.py's machinery; the finished Runner."""
-    cfg = train_tool.load_config(train_tool.parse_args([osp.join(ROOT, config), "--work-dir", work_dir]))
+    cfg = train_tool.load_config(train_tool.parse_args([osp.join(ROOT, config), "--work-dir", str(work_dir)]))
     cfg.merge_from_dict(overrides)
     # The toolkits name their visualizer 'visualizer', a process-wide instance:
     # without a name of its own, the second run would log into the first's folder.
@@ -102,7 +107,7 @@ def detection_overrides(data_root: str, work_dir: str, epochs) -> dict:
 def run_detection(args) -> None:
     from dgn_plugins.data.synthetic_coco import annotation_path, ensure_synthetic_coco
 
-    data_root = ensure_synthetic_coco(args.data_root)
+    data_root = ensure_synthetic_coco(str(args.data_root))
     metrics, predictions = {}, {}
     for label, config in DETECTION:
         work_dir = osp.abspath(osp.join(args.work_dir, f"det_{label.lower()}"))
@@ -202,7 +207,7 @@ def run_core(args) -> None:
     demo_core = runpy.run_path(osp.join(TOOLS, "demo_core.py"), run_name="demo_core")  # a script, not a module
 
     print("\n[demo] plain-PyTorch GN vs DGN (tools/demo_core.py)")
-    demo_core["main"](["--work-dir", osp.join(args.work_dir, "core")])
+    demo_core["main"](["--work-dir", osp.join(str(args.work_dir), "core")])
 
 
 def main(argv=None) -> None:
@@ -218,4 +223,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, errors=(FileExistsError,)))  # a bad option or data root: one line, status 2

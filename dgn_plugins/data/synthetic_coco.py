@@ -159,9 +159,10 @@ def generate_synthetic_coco(root: str, spec: Optional[SyntheticCocoSpec] = None)
 
 
 def ensure_synthetic_coco(root: str, spec: Optional[SyntheticCocoSpec] = None) -> str:
-    """Generate the data set at ``root`` unless the same spec is already there."""
+    """Generate the data set at ``root`` unless the same spec is already there; a folder there that
+    this generator did not write (no ``spec.json``) is someone's data and is refused, never replaced."""
     spec = spec or SyntheticCocoSpec()
-    return ensure(root, asdict(spec), lambda: generate_synthetic_coco(root, spec))
+    return ensure(root, asdict(spec), lambda: generate_synthetic_coco(root, spec), owner=__name__)
 
 
 def main(argv=None) -> None:
