@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from argparse import ArgumentTypeError
 from typing import List, Optional
 
 import torch
@@ -29,6 +30,8 @@ from detectron2.engine import default_argument_parser, default_setup, defaults, 
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 
+from ..cli import ToolParser, existing_file, integer, output_dir
+from ..errors import ConfigError
 from . import lazy
 from .config import add_dgn_config
 from .data import register_datasets_of
@@ -45,16 +48,40 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".py")
 
 # ----------------------------------------------------------------- arguments
 def parse_args(argv: Optional[List[str]] = None):
+    """``train_net.py``'s flags (Detectron2's ``default_argument_parser``) and ``--work-dir``, checked
+    while parsing as every tool's are (:mod:`dgn_plugins.cli`: one line, exit status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         argv = ["--config-file"] + argv  # ``launcher CONFIG [flags]``, as tools/train.py is called
-    parser = default_argument_parser()
-    parser.description = "Train or evaluate a Detectron2 config with Dynamic Group Normalization"
-    parser.add_argument("--work-dir", help="output folder (sets OUTPUT_DIR / train.output_dir)")
-    args = parser.parse_args(argv)
-    if not args.config_file:
-        parser.error("a config file is required: --config-file CONFIG")
-    return args
+    parser = ToolParser(parents=[default_argument_parser()], add_help=False, prog="train.py",
+                        description="Train or evaluate a Detectron2 config with Dynamic Group Normalization")
+    checked = {"config_file": _config_file, "num_gpus": integer(1), "num_machines": integer(1),
+               "machine_rank": integer(0)}
+    for action in parser._actions:  # Detectron2's own flags, typed here
+        if action.dest in checked:
+            action.type = checked[action.dest]
+            if action.dest == "config_file":
+                action.default = None
+    parser.add_argument("--work-dir", type=output_dir, help="output folder (sets OUTPUT_DIR / train.output_dir)")
+    parser.add_check(lambda args: None if args.config_file else "a config file is required: --config-file CONFIG")
+    return parser.parse_args(argv)
+
+
+def _config_file(text: str) -> str:
+    if not str(existing_file(text)).endswith(CONFIG_SUFFIXES):
+        raise ArgumentTypeError(f"{text}: not a Detectron2 config (expected {', '.join(CONFIG_SUFFIXES)})")
+    return text
+
+
+@contextlib.contextmanager
+def _config_errors(args, what: str):
+    """Detectron2's complaints about a config or its overrides (a key that does not exist, a value
+    of the wrong type, an odd-length override list) as one :class:`ConfigError` line."""
+    try:
+        yield
+    except (AssertionError, KeyError, ValueError, TypeError, AttributeError, SyntaxError) as error:
+        where = f"{args.config_file}" if what == "config" else f"overrides {' '.join(args.opts)}"
+        raise ConfigError(f"{where}: {' '.join(str(error).split())}") from None
 
 
 def is_lazy_config(path: str) -> bool:
@@ -94,10 +121,12 @@ def setup_yacs(args):
     """The frozen yacs config of ``args``, with Detectron2's and our logging set up."""
     cfg = get_cfg()
     add_dgn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    with _config_errors(args, "config"):
+        cfg.merge_from_file(args.config_file)
+    with _config_errors(args, "overrides"):
+        cfg.merge_from_list(args.opts)
     if args.work_dir:
-        cfg.OUTPUT_DIR = args.work_dir
+        cfg.OUTPUT_DIR = str(args.work_dir)
     cfg.MODEL.DEVICE = cuda_or_cpu(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     cfg.freeze()
     default_setup(cfg, args)
@@ -121,10 +150,12 @@ def run_yacs(args):
 
 # --------------------------------------------------------------- LazyConfig
 def setup_lazy(args):
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    with _config_errors(args, "config"):
+        cfg = LazyConfig.load(args.config_file)
+    with _config_errors(args, "overrides"):
+        cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if args.work_dir:
-        cfg.train.output_dir = args.work_dir
+        cfg.train.output_dir = str(args.work_dir)
     cfg.train.device = cuda_or_cpu(cfg.train.device, "train.device")
     if cfg.train.device == "cpu" and cfg.train.amp.enabled:
         logger.warning("train.amp.enabled on CPU: AMPTrainer needs CUDA, training in float32.")
