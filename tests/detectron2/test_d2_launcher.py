@@ -34,7 +34,7 @@ def test_flags_are_train_nets_and_the_config_may_come_first():
     assert args.opts == ["SOLVER.MAX_ITER", "5"]
     args = launcher.parse_args(["--config-file", DEMO_DGN, "--eval-only", "--num-machines", "2",
                                 "--machine-rank", "1", "--dist-url", "tcp://127.0.0.1:1234", "--work-dir", "out"])
-    assert args.eval_only and args.num_machines == 2 and args.machine_rank == 1 and args.work_dir == "out"
+    assert args.eval_only and args.num_machines == 2 and args.machine_rank == 1 and str(args.work_dir) == "out"
     with pytest.raises(SystemExit):
         launcher.parse_args([])
 
