@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 from dgn_plugins import convert_gn_to_dgn, dgn_layers, regroup_model, summarize
 from dgn_plugins.atomic import write_text_atomically
 from dgn_plugins.cli import ToolParser, distinct, integer, output_dir, real
+from dgn_plugins.errors import run_cli
 from dgn_plugins.evaluation.demo_noise import interval_verdict
 from dgn_plugins.evaluation.plots import plot_history
 from dgn_plugins.training.schedule import RegroupSchedule, interval_argument, steps_argument
@@ -127,12 +129,15 @@ def parse_args(argv=None):
 
 
 def _check_schedule(args):
-    """The regroup schedule must make sense for the run's length (``args.schedule``: resolved)."""
+    """The regroup schedule must fit the run and regroup at least once: without a regroup the demo
+    would compare GN with itself (``args.schedule``: the schedule resolved for ``--iters``)."""
+    given = f"--regroup-interval {args.regroup_interval} / --regroup-stop {args.regroup_stop} with --iters {args.iters}"
     try:
         args.schedule = RegroupSchedule(interval=args.regroup_interval, stop=args.regroup_stop).resolve(args.iters)
     except ValueError as error:
-        return (f"--regroup-interval {args.regroup_interval} / --regroup-stop {args.regroup_stop} "
-                f"with --iters {args.iters}: {error}")
+        return f"{given}: {error}"
+    if not any(args.schedule.is_due(step) for step in range(1, args.iters + 1)):
+        return f"{given}: DGN would never regroup, and the demo would compare GN with itself"
     return None
 
 
@@ -229,4 +234,4 @@ def _initial_ids(model, layer):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))  # a bad option: one line, status 2
