@@ -6,6 +6,9 @@ at fault, show no traceback and leave every input as it was (tests/bad_inputs.py
 No row builds a model or trains: all are refused before any work starts, or while
 reading an input.
 """
+import shutil
+from pathlib import Path
+
 import pytest
 from bad_inputs import assert_refused, load_tool, make_inputs, table
 
@@ -16,8 +19,14 @@ pytest.importorskip("pycocotools")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def made_inputs(tmp_path_factory):
     return make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture
+def inputs(made_inputs, tmp_path):
+    """A fresh copy per row: a row that damaged its inputs fails alone."""
+    return Path(shutil.copytree(made_inputs, tmp_path / "inputs"))
 
 
 GT = ["--gt", "{d}/gt.json"]
