@@ -7,8 +7,10 @@ in its last 10%; ``--regroup-interval``/``--regroup-stop`` change it). One pair 
 difference mixes the method with training noise, so several seeds are trained
 (5 by default, seconds to a minute each) and the table gives each accuracy
 (clean and noisy) as mean ± 95% CI, with the paired DGN − GN difference and
-whether its interval excludes 0. The first seed's regroups are logged and its
-groups plotted to ``<work-dir>/groups.png``.
+whether its interval excludes 0. Seeds must differ (a seed given twice would
+count one pair twice and narrow the interval on no evidence); with fewer than
+two distinct pairs the table says there is no interval, and why. The first
+seed's regroups are logged and its groups plotted to ``<work-dir>/groups.png``.
 
     python tools/demo_core.py [--iters 300] [--seeds 0 1 2 3 4] [--work-dir work_dirs/demo_core]
 """
