@@ -15,8 +15,10 @@ type), registers that toolkit's modules, imports ``dgn_plugins.openmmlab`` (so c
 need no ``custom_imports``) and allow-lists MMEngine's checkpoint types, checks every ``norm_cfg`` type names a registered
 layer, and builds MMEngine's ``Runner`` as mmdet's launcher does. Without
 CUDA, distributed runs use gloo on CPU. ``--dgn`` runs a GN config with DGN
-(:mod:`dgn_plugins.openmmlab.switch`). Errors a user fixes in the config
-(unknown norm type, DGN options a layer cannot meet) are one line on stderr.
+(:mod:`dgn_plugins.openmmlab.switch`). Every flag is checked while parsing
+(:mod:`dgn_plugins.cli`), and errors a user fixes in the config (unknown norm
+type, DGN options a layer cannot meet, an override of the wrong type, ``--dgn``
+with no GN to convert) are one line on stderr, exit status 2.
 """
 from __future__ import annotations
 
