@@ -51,12 +51,12 @@ def ensure(root: str, spec: dict, generate: Callable[[], str], *, owner: Optiona
     """``generate()`` unless ``root`` already holds ``spec``'s data.
 
     With ``owner`` set, a folder without a ``spec.json`` is someone's own data
-    and is never replaced (an empty one holds nothing and is used).
+    and is never replaced.
     """
     existing = existing_spec(root)
     if existing == spec:
         return os.path.abspath(root)
-    if owner is not None and existing is None and os.path.exists(root) and not _empty_folder(root):
+    if owner is not None and existing is None and os.path.exists(root):
         raise FileExistsError(f"{root} exists and was not written by {owner}; refusing to replace it")
     try:
         return generate()
@@ -64,7 +64,3 @@ def ensure(root: str, spec: dict, generate: Callable[[], str], *, owner: Optiona
         if existing_spec(root) == spec:  # another process won the race
             return os.path.abspath(root)
         raise
-
-
-def _empty_folder(root: str) -> bool:
-    return os.path.isdir(root) and not os.listdir(root)
