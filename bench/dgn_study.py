@@ -23,6 +23,13 @@ Stages (each resumable: a run's result is one JSON file under ``<work-dir>/runs`
     Markdown for ``bench/RESULTS.md``: the screen table and main effects, the
     finalists, the final comparison with paired 95% CIs, the regroup jumps.
 
+``--augmix`` (the poster's "A" setting): the ``final`` stage again, every
+training with AugMix + the JSD consistency loss (lambda 12; the paper's
+severity 3, width 3, depth 1-3, alpha 1), everything else as before: the
+setting already chosen (``--chosen``, not retuned), the same seeds, data and
+scoring. Only ``final`` and ``report`` run with it; its runs carry the AugMix
+settings in their protocol, so they never mix with the plain runs.
+
 Selection metric: the validation corruption error, the mean error over the
 ImageNet-C protocol's four held-out corruptions (``speckle_noise``,
 ``gaussian_blur``, ``spatter``, ``saturate``) x severities 1-5, on 2,000
@@ -31,6 +38,8 @@ validation images, as a paired difference to GN on the same seed.
     apt-get update && apt-get install -y dataset-fashion-mnist
     python bench/dgn_study.py all --workers 2     # screen, finalists, final, report
     python bench/dgn_study.py report              # the tables again, from the saved runs
+    python bench/dgn_study.py final --augmix --workers 1 --chosen bench/dgn_study_augmix/chosen.json \
+        --runs-dir bench/dgn_study_augmix/runs    # the "A" setting, resumable run by run
 """
 from __future__ import annotations
 
@@ -138,6 +147,8 @@ def _data(args) -> Dict[str, object]:
 
         train_x, train_y = load_split(args.data_root, "train")
         _DATA["train"] = (to_tensor(train_x), __import__("torch").from_numpy(train_y))
+        if args.augmix:
+            _DATA["train_raw"] = train_x
         for split in ("val", "test"):
             with np.load(args.work_dir / "data" / f"{split}.npz") as data:
                 _DATA[split] = {key: data[key] for key in data.files}
@@ -164,7 +175,7 @@ def run_job(job: Job, args) -> dict:
     from dgn_plugins import convert_gn_to_dgn
 
     torch.set_num_threads(1)
-    out_path = args.work_dir / "runs" / f"{job.name}.json"
+    out_path = runs_dir(args) / f"{job.name}.json"
     data = _data(args)
     torch.manual_seed(job.seed)
     model = SmallResNet(args.width, args.group_size, args.stem_stride)
@@ -174,7 +185,7 @@ def run_job(job: Job, args) -> dict:
         schedule = job.setting.schedule(args.iters)
     start = time.perf_counter()
     log = train(model, *data["train"], iters=args.iters, batch=args.batch, lr=args.lr, seed=job.seed,
-                schedule=schedule)
+                schedule=schedule, augmix=augmix_params(args), raw_images=data.get("train_raw"))
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     errors = {split: _score(model, {**data[split], "corrupted_images": int(data[split]["corrupted_images"])})
@@ -193,9 +204,23 @@ def run_job(job: Job, args) -> dict:
 
 
 def protocol(args) -> dict:
-    return dict(iters=args.iters, batch=args.batch, lr=args.lr, width=args.width, group_size=args.group_size,
-                stem_stride=args.stem_stride, corrupted_val_images=CORRUPTED_VAL_IMAGES,
-                corrupted_test_images=CORRUPTED_TEST_IMAGES)
+    """What makes two runs comparable; AugMix runs add their settings (plain runs keep the old keys)."""
+    values = dict(iters=args.iters, batch=args.batch, lr=args.lr, width=args.width, group_size=args.group_size,
+                  stem_stride=args.stem_stride, corrupted_val_images=CORRUPTED_VAL_IMAGES,
+                  corrupted_test_images=CORRUPTED_TEST_IMAGES)
+    if args.augmix:
+        values["augmix"] = dict(asdict(augmix_params(args)), loss="ce(clean) + 12 * jsd(clean, augmix, augmix)")
+    return values
+
+
+def augmix_params(args):
+    from dgn_plugins.augmix import AugMixParams
+
+    return AugMixParams() if args.augmix else None  # the paper's settings
+
+
+def runs_dir(args) -> Path:
+    return args.runs_dir if args.runs_dir is not None else args.work_dir / "runs"
 
 
 def _commit() -> str:
@@ -206,9 +231,10 @@ def _commit() -> str:
         return "unknown"
 
 
-def load_runs(work_dir: Path, protocol_now: dict) -> List[dict]:
+def load_runs(folder: Path, protocol_now: dict) -> List[dict]:
+    """The finished runs in ``folder`` made under ``protocol_now``."""
     runs = []
-    for path in sorted((work_dir / "runs").glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())
         if run.get("protocol") == protocol_now:
             runs.append(run)
@@ -217,8 +243,8 @@ def load_runs(work_dir: Path, protocol_now: dict) -> List[dict]:
 
 def run_jobs(jobs: Sequence[Job], args) -> None:
     """Run the jobs not done yet, ``args.workers`` processes with one thread each."""
-    (args.work_dir / "runs").mkdir(parents=True, exist_ok=True)
-    done = {(r["label"], r["seed"], tuple(r["errors"])) for r in load_runs(args.work_dir, protocol(args))}
+    runs_dir(args).mkdir(parents=True, exist_ok=True)
+    done = {(r["label"], r["seed"], tuple(r["errors"])) for r in load_runs(runs_dir(args), protocol(args))}
     todo = [j for j in jobs if (j.label, j.seed, j.sets) not in done]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; running {len(todo)} "
           f"on {args.workers} worker(s)")
@@ -332,23 +358,27 @@ def pick_finalists(runs: List[dict]) -> List[Setting]:
 
 
 def finalists_stage(args) -> None:
-    runs = load_runs(args.work_dir, protocol(args))
+    runs = load_runs(runs_dir(args), protocol(args))
     finalists = pick_finalists(runs)
     (args.work_dir / "finalists.json").write_text(json.dumps([asdict(s) for s in finalists], indent=1))
     seeds = FINALIST_SEEDS
     jobs = [Job("GN", None, seed, ("val",)) for seed in seeds]
     jobs += [Job(s.key, s, seed, ("val",)) for s in finalists for seed in seeds]
     run_jobs(jobs, args)
-    runs = load_runs(args.work_dir, protocol(args))
+    runs = load_runs(runs_dir(args), protocol(args))
     chosen = min(finalists, key=lambda s: np.mean(list(paired(runs, s.key, val_corruption).values())))
     (args.work_dir / "chosen.json").write_text(json.dumps(asdict(chosen), indent=1))
     print(f"chosen on validation: {chosen.key}")
 
 
+def chosen_path(args) -> Path:
+    return args.chosen if args.chosen is not None else args.work_dir / "chosen.json"
+
+
 def final_stage(args) -> None:
-    path = args.work_dir / "chosen.json"
+    path = chosen_path(args)
     if not path.exists():
-        raise SystemExit("no chosen.json: run the screen and finalists stages first (settings are chosen there)")
+        raise SystemExit(f"no {path}: run the screen and finalists stages first (settings are chosen there)")
     chosen = setting_from_dict(json.loads(path.read_text()))
     jobs = [Job(label, setting, seed, ("val", "test")) for seed in FINAL_SEEDS
             for label, setting in (("GN", None), (chosen.key, chosen))]
@@ -359,7 +389,7 @@ def final_stage(args) -> None:
 def report(args) -> str:
     from dgn_plugins.evaluation.robustness.corruptions import CORRUPTIONS
 
-    runs = load_runs(args.work_dir, protocol(args))
+    runs = load_runs(runs_dir(args), protocol(args))
     lines = [f"Protocol: {json.dumps(protocol(args))}; commits {sorted({r['commit'] for r in runs})}", ""]
     screen_runs = [r for r in runs if r["seed"] in SCREEN_SEEDS]
     if screen_runs:
@@ -393,9 +423,8 @@ def report(args) -> str:
             s = setting_from_dict(values)
             corr, clean = paired(runs, s.key, val_corruption), paired(runs, s.key, val_clean)
             lines.append(f"| {s.key} | {len(corr)} | {fmt(corr.values())} | {fmt(clean.values())} |")
-    chosen_path = args.work_dir / "chosen.json"
-    if chosen_path.exists():
-        chosen = setting_from_dict(json.loads(chosen_path.read_text()))
+    if chosen_path(args).exists():
+        chosen = setting_from_dict(json.loads(chosen_path(args).read_text()))
         final = [r for r in runs if "test" in r["errors"]]
         if final:
             lines += ["", f"### Final: {chosen.key} vs GN, test split, seeds {FINAL_SEEDS[0]}-{FINAL_SEEDS[-1]}", ""]
@@ -458,7 +487,18 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--stem-stride", type=int, default=2)
-    return parser.parse_args(argv)
+    parser.add_argument("--augmix", action="store_true",
+                        help="train with AugMix + JSD (final and report stages only; the setting is not retuned)")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="one JSON per finished run (default WORK_DIR/runs)")
+    parser.add_argument("--chosen", type=Path, default=None,
+                        help="the chosen setting the final stage runs (default WORK_DIR/chosen.json)")
+    args = parser.parse_args(argv)
+    if args.augmix and args.stage not in ("final", "report"):
+        parser.error(f"--augmix runs only the final and report stages (the setting is chosen without AugMix), "
+                     f"got {args.stage}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    return args
 
 
 def main(argv=None) -> int:

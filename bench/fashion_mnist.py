@@ -10,6 +10,11 @@ training images are split once, by a fixed permutation, into 55,000 for
 training and 5,000 for validation (model selection); the 10,000 test images
 are only ever scored by the final comparison.
 
+With ``augmix`` (the poster's "A" setting), each batch also goes through AugMix
+twice and the loss is cross-entropy on the clean images plus 12 x the
+Jensen-Shannon consistency of the three views (``dgn_plugins.augmix``); the
+AugMix draws depend only on the seed and the step, like the batches.
+
 Training records the regroups' effect on the loss: right before and right
 after each regroup the loss on a fixed probe set of training images (eval
 mode, same weights), then how many iterations it takes the probe loss to get
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgn_plugins import regroup_model
+from dgn_plugins.augmix import AugMixJSDLoss, AugMixParams, augment_batch
 from dgn_plugins.training.schedule import RegroupSchedule
 
 DATA_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -146,9 +152,14 @@ def mean_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batc
 
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, iters: int, batch: int, lr: float,
           seed: int, schedule: Optional[RegroupSchedule] = None, probe: int = 512, probe_every: int = 20,
-          recovery_window: int = 400) -> TrainLog:
+          recovery_window: int = 400, augmix: Optional[AugMixParams] = None,
+          raw_images: Optional[np.ndarray] = None) -> TrainLog:
     """SGD (Nesterov) + cosine LR, random flips; batches depend only on ``seed``, so GN and
-    DGN runs of one seed see the same data. DGN regroups on ``schedule``."""
+    DGN runs of one seed see the same data. DGN regroups on ``schedule``. With ``augmix``
+    (and ``raw_images``, the uint8 images ``images`` was made from): AugMix + JSD training."""
+    if augmix is not None and (raw_images is None or len(raw_images) != len(images)):
+        raise ValueError("AugMix training needs raw_images: the uint8 images behind images, one per row")
+    jsd_loss = AugMixJSDLoss(views=3, jsd_weight=12.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     gen = torch.Generator().manual_seed(10_000 + seed)
     probe_index = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))[:probe]
@@ -160,7 +171,11 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, iters
         x = images[index]
         flip = torch.rand(batch, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        loss = F.cross_entropy(model(x), labels[index])
+        if augmix is None:
+            loss = F.cross_entropy(model(x), labels[index])
+        else:
+            loss = jsd_loss(model(torch.cat([x, *_augmix_views(raw_images, index, flip, augmix, seed, step)])),
+                            labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -192,6 +207,15 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, iters
     log.final_train_loss = smoothed
     model.eval()
     return log
+
+
+def _augmix_views(raw_images: np.ndarray, index: torch.Tensor, flip: torch.Tensor, params: AugMixParams,
+                  seed: int, step: int):
+    """Two AugMix views of the (flipped) batch, normalised like the clean one; draws seeded by (seed, step)."""
+    raw = raw_images[index.numpy()]
+    raw = np.where(flip.numpy()[:, None, None], raw[:, :, ::-1], raw)
+    rng = np.random.default_rng([20_000 + seed, step])
+    return [to_tensor(augment_batch(raw, rng, params)) for _ in range(2)]
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ LEVELS = [
     ("dgn_plugins.training", 3),
     ("dgn_plugins", 4),  # the package's own __init__: the public names of the core
     ("dgn_plugins.data", 5),
+    ("dgn_plugins.augmix", 5),
     ("dgn_plugins.openmmlab", 6),
     ("dgn_plugins.detectron2", 6),
     ("dgn_plugins.evaluation", 7),
