@@ -1,6 +1,12 @@
 """``DynamicGroupNorm``: GroupNorm whose groups change during training.
 
-It subclasses ``nn.GroupNorm`` so that toolkits treat it as GN (init rules,
+What every DGN layer shares, whatever its input layout, is :class:`DynamicGrouping`:
+the options, the grouping buffers, the running statistics, the regroup and the
+checkpoint checks. ``DynamicGroupNorm`` (channels first) and
+:class:`~dgn_plugins.token_layer.TokenDynamicGroupNorm` (channels last) add a
+layout and a forward to it.
+
+``DynamicGroupNorm`` subclasses ``nn.GroupNorm`` so that toolkits treat it as GN (init rules,
 weight-decay rules, ``is_norm`` checks, ``gn``/``norm`` checkpoint keys), and
 keeps its grouping in persistent buffers whose shapes depend only on C:
 
@@ -39,81 +45,38 @@ from .grouping import (
 from .regrouping.policy import CLUSTER_FEATURES, RegroupPolicy, check_momentum
 from .regrouping.rule import RegroupReport, plan_regroup, standardize
 
-__all__ = ["DynamicGroupNorm", "CLUSTER_FEATURES"]
+__all__ = ["DynamicGrouping", "DynamicGroupNorm", "CLUSTER_FEATURES", "wrong_layout"]
 
-class DynamicGroupNorm(nn.GroupNorm):
-    r"""Group normalization with data-driven, periodically regrouped channels.
 
-    Args:
-        num_channels: C, the number of channels of the input (N, C, \*).
-        num_groups: K, used when ``group_size`` is not given.
-        eps, affine: as in ``nn.GroupNorm``.
-        group_size: the poster's default group size g; then K = floor(C / g).
-        alpha: group sizes stay in [floor((1-alpha) g), floor((1+alpha) g)].
-        percentile: p in [0, 1]; groups whose intra-group variance of channel
-            means exceeds the p-th percentile are dissolved at a regroup.
-        momentum: EMA factor of the running channel statistics.
-        track_channel_stats: collect running statistics in training mode.
-        cluster_features: which running statistics k-means clusters on
-            (standardised), a subset of ``("mean", "var", "std")``. The
-            default, the channel means alone, is the poster's rule: the
-            statistic that decides which groups dissolve is the one the
-            dissolved channels are re-clustered by (exactly: a 1-D problem).
-            Adding ``"var"``/``"std"`` also separates channels by spread, at
-            the price of weighting a noisy statistic as much as the mean.
-        seed, n_init, max_iter: the k-means solver's settings (``n_init="auto"``:
-            more starts for smaller problems, see ``size_constrained_kmeans``).
+def wrong_layout(layer: nn.Module, input: Tensor, expected: str, other: str, looks_like_other: bool) -> str:
+    """One line: the layer (module path once named, see ``name_layers``), the shape it got, the layout it expects."""
+    name = getattr(layer, "layer_name", "")
+    where = f"layer {name} ({type(layer).__name__}({layer.num_channels}))" if name else \
+        f"{type(layer).__name__}({layer.num_channels}) (module path unknown until dgn_plugins.name_layers(model))"
+    hint = f"; the input looks like the other layout: use {other} there" if looks_like_other else ""
+    return f"{where} got input of shape {tuple(input.shape)}, expects {expected}{hint}"
 
-    ``percentile``, ``cluster_features``, ``seed``, ``n_init`` and ``max_iter``
-    form the layer's :class:`~dgn_plugins.regrouping.policy.RegroupPolicy`
-    (``layer.policy``); a policy given to :func:`~dgn_plugins.regroup_model`
-    overrides it at a regroup without changing the layer.
 
-    Shape:
-        - Input: :math:`(N, C, *)` where :math:`C=\text{num\_channels}`
-        - Output: :math:`(N, C, *)` (same shape as input)
+class DynamicGrouping(nn.Module):
+    """What every DGN layer holds, whatever its input layout: options, grouping, statistics, regroup.
 
-    Examples::
-
-        >>> input = torch.randn(20, 64, 10, 10)
-        >>> # GN's grouping at the start: identical to nn.GroupNorm(8, 64)
-        >>> m = DynamicGroupNorm(64, num_groups=8)
-        >>> # group size 8 (K = 8), sizes kept in [4, 12], half the groups may dissolve
-        >>> m = DynamicGroupNorm(64, group_size=8, alpha=0.5, percentile=0.5)
-        >>> output = m(input)  # training mode: also updates the running channel statistics
-        >>> report = m.regroup()  # the poster's rule, once
+    Not a layer by itself: a subclass also derives from the torch norm it
+    generalises (``nn.GroupNorm``, ``nn.LayerNorm``), builds its parameters
+    there, calls :meth:`_init_grouping` and defines the forward. The training
+    level (controller, ``regroup_model``, distributed sync, records, freeze)
+    sees only this class.
     """
 
-    _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
     # TorchScript scripts the forward only
     __jit_unused_properties__ = ["grouping", "percentile", "cluster_features", "seed", "n_init", "max_iter"]
+    #: Set by :func:`dgn_plugins.training.model.name_layers` (module path), for error messages.
+    layer_name = ""
 
-    def __init__(
-        self,
-        num_channels: int,
-        num_groups: int = 32,
-        eps: float = 1e-5,
-        affine: bool = True,
-        *,
-        group_size: Optional[int] = None,
-        alpha: float = 0.5,
-        percentile: float = 0.75,
-        momentum: float = 0.1,
-        track_channel_stats: bool = True,
-        cluster_features: Sequence[str] = ("mean",),
-        seed: int = 0,
-        n_init: Union[int, str] = "auto",
-        max_iter: int = 300,
-        device=None,
-        dtype=None,
-        bias: bool = True,
-    ) -> None:
-        num_groups, default_size, bounds, group_id = self._grouping(num_channels, num_groups, group_size, alpha)
-        policy = RegroupPolicy.full(percentile, cluster_features, seed, n_init, max_iter)  # validates
-        check_momentum(momentum)
-        # GroupNorm's divisibility check would reject ragged groupings: pass it
-        # a trivially valid K and set the real one after.
-        compat.init_group_norm(self, 1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+    def _init_grouping(self, num_channels: int, grouping, policy: RegroupPolicy, group_size: Optional[int],
+                       alpha: float, momentum: float, track_channel_stats: bool, device, dtype) -> None:
+        """Attributes and buffers, from what :meth:`_options` checked (after the parent's ``__init__``)."""
+        num_groups, default_size, bounds, group_id = grouping
+        self.num_channels = num_channels
         self.num_groups = num_groups
         self.group_size = group_size
         self.default_group_size = default_size
@@ -133,6 +96,22 @@ class DynamicGroupNorm(nn.GroupNorm):
         self.register_buffer("num_regroups", torch.tensor(0, dtype=torch.long, device=device))
         # Derived from group_id; recomputed whenever the grouping changes.
         self.register_buffer("group_count", torch.bincount(group_id, minlength=num_groups).to(device), persistent=False)
+
+    @classmethod
+    def _options(cls, num_channels, num_groups, group_size, alpha, percentile, cluster_features, seed, n_init,
+                 max_iter, momentum):
+        """``(grouping, policy)``, every option checked before any parameter is built."""
+        grouping = cls._grouping(num_channels, num_groups, group_size, alpha)
+        policy = RegroupPolicy.full(percentile, cluster_features, seed, n_init, max_iter)  # validates
+        check_momentum(momentum)
+        return grouping, policy
+
+    def _running_stats(self):
+        """The operator's running-statistics arguments in training, else None."""
+        buffers = self._buffers
+        if self.training and self.track_channel_stats:
+            return buffers["channel_mean_ema"], buffers["channel_var_ema"], buffers["num_stat_updates"], self.momentum
+        return None
 
     @staticmethod
     def _grouping(num_channels: int, num_groups: int, group_size: Optional[int], alpha: float):
@@ -174,35 +153,6 @@ class DynamicGroupNorm(nn.GroupNorm):
                                                              "max_iter")})
         check_momentum(get("momentum"))
         return dict(options)
-
-    def reset_parameters(self) -> None:
-        # nn.GroupNorm's own, as in torch >= 2.12 (older ones assume a bias whenever affine)
-        if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, input: Tensor) -> Tensor:
-        if torch.jit.is_scripting():  # TorchScript compiles the portable formulation
-            return group_norm_by_assignment(input, assignment_matrix(self.group_id, self.num_groups), self.weight,
-                                            self.bias, self.eps)
-        return self._forward(input)
-
-    @torch.jit.unused
-    def _forward(self, input: Tensor) -> Tensor:
-        if input.dim() < 2 or input.shape[1] != self.num_channels:
-            raise ValueError(
-                f"{type(self).__name__}({self.num_channels}) expects input of shape (N, {self.num_channels}, *), "
-                f"got {tuple(input.shape)}"
-            )
-        # Parameters and buffers straight from their dicts: nn.Module.__getattr__ would cost a few
-        # microseconds per layer and step. In training the same call updates the running statistics.
-        buffers, parameters = self._buffers, self._parameters
-        running = ((buffers["channel_mean_ema"], buffers["channel_var_ema"], buffers["num_stat_updates"], self.momentum)
-                   if self.training and self.track_channel_stats else None)
-        return dynamic_group_norm_with_stats(input, buffers["group_id"], self.num_groups, parameters["weight"],
-                                             parameters["bias"], self.eps, buffers["group_count"], running)[0]
 
     def _apply(self, fn, recurse=True):
         # .half() / .bfloat16() leave the running statistics in float32 (.double() makes them float64).
@@ -330,9 +280,111 @@ class DynamicGroupNorm(nn.GroupNorm):
         with torch.no_grad():
             self.group_count.copy_(torch.bincount(self.group_id.long(), minlength=self.num_groups))
 
+    def _grouping_repr(self) -> str:
+        return (f"sizes=[{self.bounds.size_min}, {self.bounds.size_max}], percentile={self.percentile}, "
+                f"momentum={self.momentum}")
+
+
+class DynamicGroupNorm(DynamicGrouping, nn.GroupNorm):
+    r"""Group normalization with data-driven, periodically regrouped channels.
+
+    Args:
+        num_channels: C, the number of channels of the input (N, C, \*).
+        num_groups: K, used when ``group_size`` is not given.
+        eps, affine: as in ``nn.GroupNorm``.
+        group_size: the poster's default group size g; then K = floor(C / g).
+        alpha: group sizes stay in [floor((1-alpha) g), floor((1+alpha) g)].
+        percentile: p in [0, 1]; groups whose intra-group variance of channel
+            means exceeds the p-th percentile are dissolved at a regroup.
+        momentum: EMA factor of the running channel statistics.
+        track_channel_stats: collect running statistics in training mode.
+        cluster_features: which running statistics k-means clusters on
+            (standardised), a subset of ``("mean", "var", "std")``. The
+            default, the channel means alone, is the poster's rule: the
+            statistic that decides which groups dissolve is the one the
+            dissolved channels are re-clustered by (exactly: a 1-D problem).
+            Adding ``"var"``/``"std"`` also separates channels by spread, at
+            the price of weighting a noisy statistic as much as the mean.
+        seed, n_init, max_iter: the k-means solver's settings (``n_init="auto"``:
+            more starts for smaller problems, see ``size_constrained_kmeans``).
+
+    ``percentile``, ``cluster_features``, ``seed``, ``n_init`` and ``max_iter``
+    form the layer's :class:`~dgn_plugins.regrouping.policy.RegroupPolicy`
+    (``layer.policy``); a policy given to :func:`~dgn_plugins.regroup_model`
+    overrides it at a regroup without changing the layer.
+
+    Shape:
+        - Input: :math:`(N, C, *)` where :math:`C=\text{num\_channels}`
+        - Output: :math:`(N, C, *)` (same shape as input)
+
+    Examples::
+
+        >>> input = torch.randn(20, 64, 10, 10)
+        >>> # GN's grouping at the start: identical to nn.GroupNorm(8, 64)
+        >>> m = DynamicGroupNorm(64, num_groups=8)
+        >>> # group size 8 (K = 8), sizes kept in [4, 12], half the groups may dissolve
+        >>> m = DynamicGroupNorm(64, group_size=8, alpha=0.5, percentile=0.5)
+        >>> output = m(input)  # training mode: also updates the running channel statistics
+        >>> report = m.regroup()  # the poster's rule, once
+    """
+
+    _abbr_ = "gn"  # mmcv's infer_abbr: checkpoint keys like ``gn1``
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int = 32,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        group_size: Optional[int] = None,
+        alpha: float = 0.5,
+        percentile: float = 0.75,
+        momentum: float = 0.1,
+        track_channel_stats: bool = True,
+        cluster_features: Sequence[str] = ("mean",),
+        seed: int = 0,
+        n_init: Union[int, str] = "auto",
+        max_iter: int = 300,
+        device=None,
+        dtype=None,
+        bias: bool = True,
+    ) -> None:
+        grouping, policy = self._options(num_channels, num_groups, group_size, alpha, percentile, cluster_features,
+                                         seed, n_init, max_iter, momentum)
+        # GroupNorm's divisibility check would reject ragged groupings: pass it
+        # a trivially valid K and set the real one after.
+        compat.init_group_norm(self, 1, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        self._init_grouping(num_channels, grouping, policy, group_size, alpha, momentum, track_channel_stats, device,
+                            dtype)
+
+    def reset_parameters(self) -> None:
+        # nn.GroupNorm's own, as in torch >= 2.12 (older ones assume a bias whenever affine)
+        if self.affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles the portable formulation
+            return group_norm_by_assignment(input, assignment_matrix(self.group_id, self.num_groups), self.weight,
+                                            self.bias, self.eps)
+        return self._forward(input)
+
+    @torch.jit.unused
+    def _forward(self, input: Tensor) -> Tensor:
+        if input.dim() < 2 or input.shape[1] != self.num_channels:
+            raise ValueError(wrong_layout(self, input, f"channels first (N, {self.num_channels}, *)",
+                                          "TokenDGN / TokenDynamicGroupNorm", input.shape[-1] == self.num_channels))
+        # Parameters and buffers straight from their dicts: nn.Module.__getattr__ would cost a few
+        # microseconds per layer and step. In training the same call updates the running statistics.
+        buffers, parameters = self._buffers, self._parameters
+        return dynamic_group_norm_with_stats(input, buffers["group_id"], self.num_groups, parameters["weight"],
+                                             parameters["bias"], self.eps, buffers["group_count"],
+                                             self._running_stats())[0]
+
     def extra_repr(self) -> str:
         return (
-            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-            f"sizes=[{self.bounds.size_min}, {self.bounds.size_max}], percentile={self.percentile}, "
-            f"momentum={self.momentum}"
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, {self._grouping_repr()}"
         )

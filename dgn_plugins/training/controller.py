@@ -25,7 +25,7 @@ from torch import nn
 
 from ..regrouping.policy import RegroupPolicy, check_momentum
 from ..regrouping.rule import RegroupReport
-from .model import dgn_layers, regroup_model
+from .model import dgn_layers, name_layers, regroup_model
 from .records import RegroupRecords, regroup_record
 from .schedule import RegroupSchedule
 
@@ -139,6 +139,7 @@ class RegroupController:
                 logger.warning(f"DGNRegroupHook: {warning}")
             logger.info(f"DGNRegroupHook: regroup records go to {self.records.path} ({kept} kept from before)")
         layers = dgn_layers(model)
+        name_layers(model)  # their errors (a wrong input layout) name them
         if not layers:
             logger.warning("DGNRegroupHook: the model has no DGN layers, nothing will be regrouped.")
             return 0

@@ -5,12 +5,12 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
-from ..layer import DynamicGroupNorm
+from ..layer import DynamicGrouping
 from ..regrouping.policy import RegroupPolicy
 from ..regrouping.rule import RegroupReport
 from .distributed import average_channel_stats, broadcast_groupings
 
-__all__ = ["dgn_layers", "is_trainable", "regroup_model", "follow_groupings"]
+__all__ = ["dgn_layers", "name_layers", "is_trainable", "regroup_model", "follow_groupings"]
 
 
 def _clean_name(name: str) -> str:
@@ -18,12 +18,24 @@ def _clean_name(name: str) -> str:
     return name[len("module."):] if name.startswith("module.") else name
 
 
-def dgn_layers(model: nn.Module) -> List[Tuple[str, DynamicGroupNorm]]:
-    """``(name, layer)`` for every DynamicGroupNorm in ``model``."""
-    return [(_clean_name(n), m) for n, m in model.named_modules() if isinstance(m, DynamicGroupNorm)]
+def dgn_layers(model: nn.Module) -> List[Tuple[str, DynamicGrouping]]:
+    """``(name, layer)`` for every DGN layer in ``model``: channels first or tokens (any ``DynamicGrouping``)."""
+    return [(_clean_name(n), m) for n, m in model.named_modules() if isinstance(m, DynamicGrouping)]
 
 
-def is_trainable(layer: DynamicGroupNorm) -> bool:
+def name_layers(model: nn.Module) -> int:
+    """Tell every DGN layer its module path (``layer_name``), so that its errors name it; returns how many.
+
+    A layer cannot see where it sits in a model; the controller, the hooks and
+    the launchers call this once the model exists.
+    """
+    layers = dgn_layers(model)
+    for name, layer in layers:
+        layer.layer_name = name
+    return len(layers)
+
+
+def is_trainable(layer: DynamicGrouping) -> bool:
     """Regroup only layers that learn: training mode, parameters not frozen.
 
     This is how frozen stages (eval mode + ``requires_grad=False``) and
