@@ -10,6 +10,10 @@ module with the same output:
 - otherwise a ``FrozenDynamicGroupNorm``: a fixed grouping, the fast paths in
   eager mode, and standard operators under TorchScript, tracing,
   ``torch.export`` and ONNX export.
+
+A token layer (``TokenDynamicGroupNorm``) becomes a plain ``nn.LayerNorm``
+when it has one group and normalises per token, else a
+``FrozenTokenDynamicGroupNorm``: the same fixed grouping in its domain.
 """
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ from torch import Tensor, nn
 
 from ..functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
 from ..layer import DynamicGroupNorm
+from ..token_layer import TokenDynamicGroupNorm, check_tokens, from_channels_first, to_channels_first
 from .convert import _copy_affine
 
-__all__ = ["FrozenDynamicGroupNorm", "freeze"]
+__all__ = ["FrozenDynamicGroupNorm", "FrozenTokenDynamicGroupNorm", "freeze"]
 
 
 class FrozenDynamicGroupNorm(nn.Module):
@@ -88,6 +93,51 @@ class FrozenDynamicGroupNorm(nn.Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, grouping=fixed"
 
 
+class FrozenTokenDynamicGroupNorm(FrozenDynamicGroupNorm):
+    """A frozen token layer: a fixed grouping over channels-last tokens, per token or per sample (``over``)."""
+
+    _abbr_ = "ln"
+
+    def __init__(self, group_id: Tensor, num_groups: int, over: str = "token", eps: float = 1e-5,
+                 affine: bool = True, device=None, dtype=None) -> None:
+        super().__init__(group_id, num_groups, eps, affine, device=device, dtype=dtype)
+        self.over = over
+
+    @classmethod
+    def from_layer(cls, layer: TokenDynamicGroupNorm) -> "FrozenTokenDynamicGroupNorm":
+        reference = layer.weight if layer.affine else layer.group_id
+        frozen = cls(layer.group_id.detach().clone(), layer.num_groups, layer.over, layer.eps, layer.affine,
+                     device=layer.group_id.device, dtype=reference.dtype if layer.affine else None)
+        _copy_affine(layer, frozen)
+        return frozen
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            rows = input.reshape(-1, self.num_channels) if self.over == "token" else \
+                input.reshape(input.shape[0], -1, self.num_channels).transpose(1, 2)
+            y = group_norm_by_assignment(rows, self.assignment, self.weight, self.bias, self.eps)
+            return y.reshape(input.shape) if self.over == "token" else y.transpose(1, 2).reshape(input.shape)
+        return self._python_forward(input)
+
+    @torch.jit.unused
+    def _python_forward(self, input: Tensor) -> Tensor:
+        check_tokens(self, input, self.over)
+        y = dynamic_group_norm(to_channels_first(input, self.over), self.group_id, self.num_groups, self.weight,
+                               self.bias, self.eps, self.group_count)
+        return from_channels_first(y, input, self.over)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", over={self.over!r}"
+
+
+def _layer_norm_from(layer: TokenDynamicGroupNorm) -> nn.LayerNorm:
+    reference = layer.weight if layer.affine else None
+    norm = nn.LayerNorm(layer.num_channels, layer.eps, layer.affine, bias=layer.bias is not None or not layer.affine,
+                        device=layer.group_id.device, dtype=reference.dtype if reference is not None else None)
+    _copy_affine(layer, norm)
+    return norm
+
+
 def _group_norm_from(layer: DynamicGroupNorm) -> nn.GroupNorm:
     reference = layer.weight if layer.affine else None
     norm = nn.GroupNorm(layer.num_groups, layer.num_channels, layer.eps, layer.affine,
@@ -97,13 +147,18 @@ def _group_norm_from(layer: DynamicGroupNorm) -> nn.GroupNorm:
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Return ``module`` with every ``DynamicGroupNorm`` replaced for inference.
+    """Return ``module`` with every DGN layer (channels first or tokens) replaced for inference.
 
     Recursive and in place on children; if ``module`` itself is a DGN layer
     the replacement is returned. Grouping GN's -> ``nn.GroupNorm``; any other
-    grouping -> ``FrozenDynamicGroupNorm``. Outputs are unchanged (up to float
+    grouping -> ``FrozenDynamicGroupNorm``; a token layer with one group per token ->
+    ``nn.LayerNorm``, else ``FrozenTokenDynamicGroupNorm``. Outputs are unchanged (up to float
     rounding); weights, device, dtype, mode and ``requires_grad`` carry over.
     """
+    if isinstance(module, TokenDynamicGroupNorm):
+        if module.num_groups == 1 and module.over == "token":
+            return _layer_norm_from(module)
+        return FrozenTokenDynamicGroupNorm.from_layer(module)
     if isinstance(module, DynamicGroupNorm):
         if module.grouping.is_contiguous_equal():
             return _group_norm_from(module)
