@@ -47,6 +47,8 @@ struct Passes {
   void (*last_affine)(const S*, S*, int64_t, int64_t, const T*, const T*, const T*);
   void (*last_grad_sums)(const S*, const S*, int64_t, int64_t, const T*, T*, double*, double*);
   void (*last_grad_input)(const S*, const S*, S*, int64_t, int64_t, const T*, const T*, const T*, const T*);
+  void (*token_param_sums)(const S*, const S*, int64_t, const T*, const T*, double*, double*);
+  void (*token_weighted)(const S*, const T*, int64_t, T*);
 };
 
 struct RowKernels {
@@ -218,6 +220,8 @@ template <> const Passes<uint16_t, float>& passes_for(at::ScalarType dtype) {
 // group's rows at a time, the second pass reading them from cache, as GN does) or "auto" (the
 // default; see group_walk). Tests and benchmarks pick one.
 std::string g_nchw_walk = "auto";
+// Whether (N, C) rows of one element per channel take the token walk (tests compare it with the generic one).
+bool g_token_walk = true;
 
 std::string set_nchw_walk(const std::string& walk) {
   TORCH_CHECK(walk == "auto" || walk == "rows" || walk == "groups", "NCHW walk must be 'auto', 'rows' or 'groups', got '",
@@ -379,10 +383,187 @@ template <typename S> S* storage(const at::Tensor& t) {
   else return t.data_ptr<S>();
 }
 
+// ----------------------------------------------------------------------------------------------
+// Tokens: (N, C) rows of one element per channel (a transformer's tokens, per token). The generic
+// walk would treat every element as a row of its own; here one token is one sample, walked in
+// group order: gathered into a buffer when the groups are not the channels in order (after a
+// regroup), each group's run reduced by the row loops, then one per-channel affine pass (and the
+// output scattered back). float32 / float64 storage (computed in itself); half types take the
+// generic walk.
+
+// A token's channels in group order: `row` itself when the grouping keeps the channels in order,
+// else gathered into `buffer`.
+template <typename S>
+const S* in_group_order(const S* row, const Members& groups, bool in_order, S* buffer) {
+  if (in_order) return row;
+  const int64_t channels = int64_t(groups.members.size());
+  for (int64_t j = 0; j < channels; ++j) buffer[j] = row[groups.members[j]];
+  return buffer;
+}
+
+template <typename S>
+void scatter_from_group_order(const S* buffer, const Members& groups, S* row) {
+  const int64_t channels = int64_t(groups.members.size());
+  for (int64_t j = 0; j < channels; ++j) row[groups.members[j]] = buffer[j];
+}
+
+bool channels_in_order(const Members& groups) {
+  for (size_t j = 0; j < groups.members.size(); ++j)
+    if (groups.members[j] != int64_t(j)) return false;
+  return true;
+}
+
+// A per-channel parameter (or 1 / 0 without it) in group order, as T.
+template <typename T>
+std::vector<T> in_group_order(const double* values, const Members& groups, double otherwise) {
+  std::vector<T> out(groups.members.size());
+  for (size_t j = 0; j < out.size(); ++j) out[j] = T(values ? values[groups.members[j]] : otherwise);
+  return out;
+}
+
+constexpr int64_t TOKEN_BLOCK = 64;  // tokens per work item: the parameter sums of a block are combined in order
+
+template <typename S, typename T>
+std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, const c10::optional<at::Tensor>& weight,
+                                       const c10::optional<at::Tensor>& bias, const int64_t* ids, const double* count,
+                                       int64_t num_groups, double eps) {
+  const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
+  const int64_t n = shape.n, channels = shape.channels;
+  const Members groups(ids, 1, channels, num_groups);
+  const bool in_order = channels_in_order(groups);
+  std::vector<double> w_holder, b_holder;
+  const std::vector<T> w = in_group_order<T>(optional_doubles(weight, w_holder), groups, 1.0);
+  const std::vector<T> b = in_group_order<T>(optional_doubles(bias, b_holder), groups, 0.0);
+  const auto stats = x.options().dtype(std::is_same<T, double>::value ? at::kDouble : at::kFloat);
+  at::Tensor y = at::empty_like(x);
+  // A token's per-channel statistics are its values and zero.
+  at::Tensor channel_mean =
+      x.reshape({n, channels}).to(std::is_same<T, double>::value ? at::kDouble : at::kFloat, false, /*copy=*/true);
+  at::Tensor channel_var = at::zeros({n, channels}, stats);
+  at::Tensor group_mean = at::empty({n, num_groups}, stats), group_rstd = at::empty({n, num_groups}, stats);
+  const S* xs = storage<S>(x);
+  S* ys = storage<S>(y);
+  T* gm = group_mean.data_ptr<T>();
+  T* gr = group_rstd.data_ptr<T>();
+  at::parallel_for(0, n, grain_rows(channels), [&](int64_t begin, int64_t end) {
+    std::vector<S> gathered(in_order ? 0 : channels), out(in_order ? 0 : channels);
+    std::vector<T> center(channels), scale(channels);
+    for (int64_t i = begin; i < end; ++i) {
+      const S* src = in_group_order(xs + i * channels, groups, in_order, gathered.data());
+      for (int64_t k = 0; k < num_groups; ++k) {
+        const int64_t first = groups.offsets[k], len = groups.size(k);
+        double mean = 0.0, var = 0.0;
+        if (len > 0) p.rows_moments(src + first, len, 1, &mean, &var);
+        const double rstd = 1.0 / std::sqrt(var + eps);
+        gm[i * num_groups + k] = T(mean);
+        gr[i * num_groups + k] = T(rstd);
+        for (int64_t j = first; j < first + len; ++j) {
+          center[j] = T(mean);
+          scale[j] = T(rstd) * w[j];
+        }
+      }
+      S* dst = in_order ? ys + i * channels : out.data();
+      p.last_affine(src, dst, 1, channels, center.data(), scale.data(), b.data());
+      if (!in_order) scatter_from_group_order(out.data(), groups, ys + i * channels);
+    }
+  });
+  return {y, channel_mean, channel_var, group_mean, group_rstd};
+}
+
+template <typename S, typename T>
+std::vector<at::Tensor> backward_tokens(const at::Tensor& dy, const at::Tensor& x, const Shape& shape,
+                                        const c10::optional<at::Tensor>& weight, const at::Tensor& group_mean,
+                                        const at::Tensor& group_rstd, const int64_t* ids, int64_t num_groups,
+                                        bool needs_dx, bool needs_dweight, bool needs_dbias) {
+  const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
+  const int64_t n = shape.n, channels = shape.channels;
+  const Members groups(ids, 1, channels, num_groups);
+  const bool in_order = channels_in_order(groups);
+  std::vector<double> w_holder;
+  const double* wp = optional_doubles(weight, w_holder);
+  const std::vector<T> w = in_group_order<T>(wp, groups, 1.0);
+  const std::vector<double> gm = doubles(group_mean), gr = doubles(group_rstd);
+  at::Tensor dx;
+  if (needs_dx) dx = at::empty_like(x);
+  const bool needs_params = needs_dweight || needs_dbias;
+  const int64_t blocks = (n + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+  std::vector<double> sums(needs_params ? blocks * 2 * channels : 0, 0.0);  // per block: sum_w, then sum_b
+  const S* dys = storage<S>(dy);
+  const S* xs = storage<S>(x);
+  S* dxs = needs_dx ? storage<S>(dx) : nullptr;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<S> gathered_x(in_order ? 0 : channels), gathered_dy(gathered_x.size()), out(gathered_x.size());
+    std::vector<T> wdy(channels), center(channels), rstd(channels), coef_dy(channels), coef_x(channels),
+        coef_const(channels);
+    for (int64_t block = begin; block < end; ++block) {
+      for (int64_t i = block * TOKEN_BLOCK; i < std::min(n, (block + 1) * TOKEN_BLOCK); ++i) {
+        const S* x_row = in_group_order(xs + i * channels, groups, in_order, gathered_x.data());
+        const S* dy_row = in_group_order(dys + i * channels, groups, in_order, gathered_dy.data());
+        for (int64_t k = 0; k < num_groups; ++k) {
+          const int64_t first = groups.offsets[k], len = groups.size(k);
+          const double r = gr[i * num_groups + k];
+          const T m = T(gm[i * num_groups + k]);
+          for (int64_t j = first; j < first + len; ++j) {
+            center[j] = m;
+            rstd[j] = T(r);
+          }
+          if (!needs_dx || len == 0) continue;
+          // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy (x - mean))
+          p.token_weighted(dy_row + first, w.data() + first, len, wdy.data() + first);
+          double sum_wdy = 0.0, sum_wdy_xc = 0.0;
+          p.rows_grad_sums(reinterpret_cast<const S*>(wdy.data() + first), x_row + first, len, 1, &m, &sum_wdy,
+                           &sum_wdy_xc);
+          // x_hat = (x - mean) r, so mean_k(w dy x_hat) = r sum_wdy_xc / |k|
+          const T cx = T(-r * r * r * sum_wdy_xc / double(len)), cc = T(-r * sum_wdy / double(len));
+          for (int64_t j = first; j < first + len; ++j) {
+            coef_dy[j] = T(r) * w[j];
+            coef_x[j] = cx;
+            coef_const[j] = cc;
+          }
+        }
+        if (needs_dx) {
+          S* dst = in_order ? dxs + i * channels : out.data();
+          p.last_grad_input(dy_row, x_row, dst, 1, channels, coef_dy.data(), center.data(), coef_x.data(),
+                            coef_const.data());
+          if (!in_order) scatter_from_group_order(out.data(), groups, dxs + i * channels);
+        }
+        if (needs_params) {
+          double* block_sums = &sums[block * 2 * channels];
+          p.token_param_sums(dy_row, x_row, channels, center.data(), rstd.data(), block_sums,
+                             block_sums + channels);
+        }
+      }
+    }
+  });
+  std::vector<at::Tensor> result(3);
+  result[0] = dx;
+  if (needs_params) {
+    std::vector<double> dw(channels, 0.0), db(channels, 0.0);
+    for (int64_t block = 0; block < blocks; ++block)
+      for (int64_t j = 0; j < channels; ++j) {
+        dw[groups.members[j]] += sums[block * 2 * channels + j];
+        db[groups.members[j]] += sums[block * 2 * channels + channels + j];
+      }
+    const auto param_dtype = wp ? weight->scalar_type() : dy.scalar_type();
+    if (needs_dweight) result[1] = tensor_of(dw, param_dtype);
+    if (needs_dbias) result[2] = tensor_of(db, param_dtype);
+  }
+  return result;
+}
+
+// Rows of one element per channel in float32 / float64: the token walk.
+bool token_walk(const Shape& shape, at::ScalarType dtype) {
+  return shape.size == 1 && !shape.last && (dtype == at::kFloat || dtype == at::kDouble) && g_token_walk;
+}
+
 template <typename S, typename T>
 std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Shape& shape, const c10::optional<at::Tensor>& weight,
                                      const c10::optional<at::Tensor>& bias, const int64_t* ids, const double* count,
                                      int64_t num_groups, double eps) {
+  if constexpr (std::is_same<S, T>::value) {
+    if (token_walk(shape, x.scalar_type()))
+      return forward_tokens<S, T>(x, shape, weight, bias, ids, count, num_groups, eps);
+  }
   const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
   const int64_t n = shape.n, channels = shape.channels, rows = shape.rows();
   const Members groups(ids, n, channels, num_groups);
@@ -463,6 +644,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
                                       const c10::optional<at::Tensor>& weight, const at::Tensor& group_mean,
                                       const at::Tensor& group_rstd, const int64_t* ids, const double* count,
                                       int64_t num_groups, bool needs_dx, bool needs_dweight, bool needs_dbias) {
+  if constexpr (std::is_same<S, T>::value) {
+    if (token_walk(shape, x.scalar_type()))
+      return backward_tokens<S, T>(dy, x, shape, weight, group_mean, group_rstd, ids, num_groups, needs_dx,
+                                   needs_dweight, needs_dbias);
+  }
   const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
   const int64_t n = shape.n, channels = shape.channels, rows = shape.rows(), size = shape.size;
   const Members groups(ids, n, channels, num_groups);
@@ -933,12 +1119,13 @@ ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const
   return outs;
 }
 
-// How the kernels walk `input` under `group_id`: "channels_last", "rows" or "groups" (for tests and
+// How the kernels walk `input` under `group_id`: "channels_last", "tokens", "rows" or "groups" (for tests and
 // bench/bench_layer.py, which print it).
 std::string walk_for(const Tensor& input, const Tensor& group_id, int64_t num_groups) {
   const Tensor x = walkable(input);
   const Shape shape = *walk(x);
   if (shape.last) return "channels_last";
+  if (token_walk(shape, x.scalar_type())) return "tokens";
   const Tensor ids = group_id.to(at::kLong).contiguous();
   const Members groups(checked_group_ids(ids, shape.channels, num_groups), 1, shape.channels, num_groups);
   return group_walk(shape, x.element_size(), groups) ? "groups" : "rows";
@@ -973,6 +1160,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("isa") = "");
   m.def("set_nchw_walk", &set_nchw_walk, "Walk NCHW tensors by 'rows', by 'groups' or 'auto' (the default)",
         py::arg("walk") = "auto");
+  m.def("set_token_walk", [](bool on) { g_token_walk = on; return g_token_walk; },
+        "Walk (N, C) float32 / float64 rows by tokens (True, the default) or as generic rows", py::arg("on") = true);
   m.def("walk_for", &walk_for, "How the kernels walk an input under a grouping: 'rows', 'groups' or "
         "'channels_last'", py::arg("input"), py::arg("group_id"), py::arg("num_groups"));
   m.def("isa", []() { return g_isa; }, "Instruction set of the row loops in use");

@@ -99,10 +99,30 @@ static void last_grad_input(const typename E::Stored* dy, const typename E::Stor
   }
 }
 
+// Tokens (rows of one element per channel): the parameter gradients' sums of one row, in double,
+// per channel: sum_w[c] += dy * (x - center) * rstd, sum_b[c] += dy.
+template <typename E>
+static void token_param_sums(const typename E::Stored* dy, const typename E::Stored* x, int64_t channels,
+                             const typename E::T* center, const typename E::T* rstd, double* sum_w, double* sum_b) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const double g = double(E::get(dy[c]));
+    sum_w[c] += g * double(E::get(x[c]) - center[c]) * double(rstd[c]);
+    sum_b[c] += g;
+  }
+}
+
+// Tokens: out[c] = T(w[c] * dy[c]), the weighted gradient whose group sums the input gradient needs.
+template <typename E>
+static void token_weighted(const typename E::Stored* dy, const typename E::T* w, int64_t channels,
+                           typename E::T* out) {
+  for (int64_t c = 0; c < channels; ++c) out[c] = w[c] * E::get(dy[c]);
+}
+
 template <typename E>
 static Passes<typename E::Stored, typename E::T> passes() {
   return {rows_moments<E>,  rows_affine<E>,  rows_grad_sums<E>,  rows_grad_input<E>, last_pivots<E>,
-          last_moments<E>, last_affine<E>, last_grad_sums<E>, last_grad_input<E>};
+          last_moments<E>, last_affine<E>, last_grad_sums<E>, last_grad_input<E>, token_param_sums<E>,
+          token_weighted<E>};
 }
 
 static RowKernels kernels() {
