@@ -70,3 +70,61 @@ def test_compiled_training_matches_eager_and_does_not_recompile_per_shape():
         torch.testing.assert_close(getattr(compiled_model, name).channel_mean_ema, getattr(eager, name).channel_mean_ema)
         assert int(getattr(compiled_model, name).num_stat_updates) == 4
     assert counts["stats"]["unique_graphs"] <= 2, dict(counts["stats"])  # the first shape, then one dynamic graph
+
+
+def _vit_with_token_dgn(over, **size):
+    """torchvision's VisionTransformer (nn.LayerNorm) converted to the token layer, in a regrouped state."""
+    torchvision = pytest.importorskip("torchvision", reason="torchvision builds the ViT (make setup installs it)")
+    from dgn_plugins import convert_ln_to_dgn
+
+    model = torchvision.models.VisionTransformer(num_classes=10, **size)
+    model = convert_ln_to_dgn(model, num_groups=32, over=over)
+    gen = torch.Generator().manual_seed(0)
+    for _, layer in dgn_layers(model):
+        layer.set_group_ids(random_group_ids(layer.num_channels, 32, layer.bounds.size_min,
+                                             layer.bounds.size_max, gen))
+    return model
+
+
+@pytest.mark.parametrize("over", ["token", "sequence"])
+def test_vit_with_token_dgn_has_no_graph_breaks(over):
+    size = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+    model = _vit_with_token_dgn(over, **size).train()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    calls = [str(node.target) for graph in explanation.graphs for node in graph.graph.nodes
+             if node.op == "call_function"]
+    dgn_calls = [target for target in calls if target in ("dgn.group_norm", "dgn.group_norm.default")]
+    assert len(list(dgn_layers(model))) == 5
+    assert len(dgn_calls) == (5 if compat.FUNCTIONALIZES_MUTABLE_OPS else 0)
+
+
+def test_vit_b_with_token_dgn_has_no_graph_breaks():
+    model = _vit_with_token_dgn("token", image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768,
+                                mlp_dim=3072).train()
+    explanation = torch._dynamo.explain(model)(torch.randn(1, 3, 224, 224))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert len(list(dgn_layers(model))) == 25
+
+
+@pytest.mark.parametrize("over", ["token", "sequence"])
+def test_compiled_token_layer_matches_eager(over):
+    from dgn_plugins import TokenDynamicGroupNorm
+
+    torch.manual_seed(0)
+    eager = nn.Sequential(nn.Linear(8, 32), TokenDynamicGroupNorm(32, 8, over=over, alpha=0.9), nn.GELU())
+    eager[1].set_group_ids(random_group_ids(32, 8, 1, 7, torch.Generator().manual_seed(1)))
+    twin = nn.Sequential(nn.Linear(8, 32), TokenDynamicGroupNorm(32, 8, over=over, alpha=0.9), nn.GELU())
+    twin.load_state_dict(eager.state_dict())
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    for shape in [(2, 5, 8), (3, 7, 8)]:
+        x = torch.randn(shape)
+        expected, out = eager(x), compiled(x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), list(twin.parameters()))
+        reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
+        for mine, theirs in zip(grads, reference):
+            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(twin[1].channel_mean_ema, eager[1].channel_mean_ema)
+    assert int(twin[1].num_stat_updates) == 2
