@@ -55,7 +55,7 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt requirements
 	# (torch asks for >=77), which drops pkg_resources; mmengine imports it to
 	# resolve `mmdet::`/`mmseg::` config inheritance. Pin it back, last.
 	$(PIP) install -q "setuptools<70"
-	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, dgn_plugins, shapely, imagecorruptions"
+	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, mmpretrain, dgn_plugins, shapely, imagecorruptions"
 	$(PY) -c "import torch, torchvision, detectron2._C; from detectron2 import model_zoo; \
 	  from torchvision.ops import nms; nms(torch.zeros(1, 4), torch.ones(1), 0.5); \
 	  model_zoo.get_config_file('Misc/mask_rcnn_R_50_FPN_3x_gn.yaml'); \

@@ -1,10 +1,11 @@
-"""OpenMMLab adapters: registry entries, the regroup hook, ImageNet-S support.
+"""OpenMMLab adapters: registry entries, the regroup hook, ImageNet-S and MMPretrain support.
 
 Importing it (a config's ``custom_imports=dict(imports=['dgn_plugins.openmmlab'])``)
-registers ``DGN`` and ``DGNRegroupHook`` in MMEngine's root registries, so both
-the ``mmdet`` and ``mmseg`` default scopes find them; the ImageNet-S dataset,
+registers ``DGN`` and ``DGNRegroupHook`` in MMEngine's root registries, so the
+``mmdet``, ``mmseg`` and ``mmpretrain`` default scopes find them; the ImageNet-S dataset,
 transforms and metric only make sense in MMSegmentation and register there,
-when it is installed. Loading MMEngine's training checkpoints with
+when it is installed; AugMix, its JSD loss and the CIFAR backbones register in
+MMPretrain's registries when it is installed (:mod:`.mmpretrain`). Loading MMEngine's training checkpoints with
 ``torch.load(weights_only=True)`` (``--resume``) needs
 :func:`allow_checkpoint_types`, a process-wide allow-list that launchers call
 explicitly (``tools/train.py`` does). Importing also teaches mmcv's FLOPs counter
@@ -25,5 +26,7 @@ register_flops_counter()
 # missing module is no error, but an error inside the module must surface.
 if find_spec("mmseg") is not None and find_spec(f"{__name__}.imagenet_s") is not None:
     from . import imagenet_s  # noqa: F401
+if find_spec("mmpretrain") is not None and find_spec(f"{__name__}.mmpretrain") is not None:
+    from . import mmpretrain  # noqa: F401  (AugMix, JSD loss, CIFAR backbones)
 
 __all__ = ["DGNRegroupHook", "allow_checkpoint_types", "UnknownNormTypeError", "check_norm_types", "register_all"]

@@ -1,5 +1,5 @@
-"""Train a detector or segmentor with DGN: the launcher for MMDetection and
-MMSegmentation configs (``tools/train.py`` hands Detectron2 configs to
+"""Train a detector, segmentor or classifier with DGN: the launcher for MMDetection,
+MMSegmentation and MMPretrain configs (``tools/train.py`` hands Detectron2 configs to
 ``dgn_plugins.detectron2.launcher`` instead, see :mod:`dgn_plugins.launch`).
 
 The flags are those of the toolkits' own ``tools/train.py``::
@@ -32,7 +32,7 @@ from ..cli import KeyValues, ToolParser, checkpoint_file, existing_file, integer
 from ..errors import ConfigError
 from ..training.schedule import interval_argument, steps_argument
 
-OPENMMLAB_TOOLKITS = ("mmdet", "mmseg")
+OPENMMLAB_TOOLKITS = ("mmdet", "mmseg", "mmpretrain")
 CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # what mmengine's Config.fromfile reads
 
 
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
     config_value = key_value(DictAction._parse_iterable)  # mmengine's reading of VALUE, its errors one line
-    parser = ToolParser(prog="train.py", description="Train a model with DGN (MMDetection / MMSegmentation configs)")
+    parser = ToolParser(prog="train.py", description="Train a model with DGN (MMDetection / MMSegmentation / MMPretrain configs)")
     parser.add_argument("config", type=config_argument, help="train config file path (or package::path)")
     parser.add_argument("--work-dir", type=output_dir, help="the dir to save logs and models")
     parser.add_argument("--amp", action="store_true", default=False, help="enable automatic-mixed-precision training")
@@ -122,7 +122,8 @@ resume_argument.role = "input"
 
 # ------------------------------------------------------------------ toolkit
 def toolkit_of(cfg) -> str:
-    """``'mmdet'`` or ``'mmseg'``: the config's default scope, else whose registry knows the model type."""
+    """``'mmdet'``, ``'mmseg'`` or ``'mmpretrain'``: the config's default scope, else whose registry knows
+    the model type (the first, in that order, whose registry has it)."""
     scope = cfg.get("default_scope")
     if scope in OPENMMLAB_TOOLKITS:
         return scope
@@ -139,8 +140,8 @@ def toolkit_of(cfg) -> str:
             except ImportError:
                 continue
     raise ConfigError(
-        f"Cannot tell whether the config is for MMDetection or MMSegmentation (default_scope={scope!r}, "
-        f"model type={model_type!r}): set default_scope = 'mmdet' or 'mmseg' in it."
+        f"Cannot tell whether the config is for MMDetection, MMSegmentation or MMPretrain (default_scope={scope!r}, "
+        f"model type={model_type!r}): set default_scope = 'mmdet', 'mmseg' or 'mmpretrain' in it."
     )
 
 
@@ -150,8 +151,10 @@ def register_toolkit(toolkit: str) -> None:
         from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 
         setup_cache_size_limit_of_dynamo()
-    else:
+    elif toolkit == "mmseg":
         from mmseg.utils import register_all_modules
+    else:
+        from mmpretrain.utils import register_all_modules
     register_all_modules(init_default_scope=False)  # the Runner sets it from cfg.default_scope
     import dgn_plugins.openmmlab  # DGN, DGNRegroupHook
 
