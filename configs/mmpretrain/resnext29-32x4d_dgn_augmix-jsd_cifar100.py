@@ -1,0 +1,4 @@
+# The same as its GN config with DGN (GN's 32 groups), regrouped every 10% of training, none in the last 10%.
+_base_ = './resnext29-32x4d_gn_augmix-jsd_cifar100.py'
+model = dict(backbone=dict(norm_cfg=dict(type='DGN', num_groups=32, requires_grad=True)))
+custom_hooks = [dict(type='DGNRegroupHook')]
