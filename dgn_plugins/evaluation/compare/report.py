@@ -34,6 +34,8 @@ class Section:
     title: str
     metrics: List[str]
     values: Dict[str, List[float]]  # result-set label -> one value per metric
+    #: optional: label -> the 95% CI half-width of each delta (paired over seeds), shown as "Δ ± h"
+    delta_ci: Dict[str, List[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,7 +103,9 @@ def render_markdown(comparison: Comparison, digits: int = 2) -> str:
         for i, metric in enumerate(section.metrics):
             cells = [metric]
             cells += [number(section.values[label][i]) for label in comparison.labels]
-            cells += [number(deltas[label][i], signed=True) for label in _others(comparison)]
+            cells += [number(deltas[label][i], signed=True)
+                      + (f" ± {number(section.delta_ci[label][i])}" if label in section.delta_ci else "")
+                      for label in _others(comparison)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"Note: {note}" for note in comparison.notes]
@@ -112,14 +116,18 @@ def render_csv(comparison: Comparison) -> str:
     """One flat table, full float precision, for spreadsheets and scripts."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    with_ci = any(section.delta_ci for section in comparison.sections)
     writer.writerow(["section", "metric"] + comparison.labels
-                    + [f"delta {label}" for label in _others(comparison)])
+                    + [f"delta {label}" for label in _others(comparison)]
+                    + ([f"delta {label} ci95" for label in _others(comparison)] if with_ci else []))
     for section in comparison.sections:
         deltas = {label: comparison.delta(section, label) for label in _others(comparison)}
         for i, metric in enumerate(section.metrics):
             writer.writerow([section.title, metric]
                             + [repr(section.values[label][i]) for label in comparison.labels]
-                            + [repr(deltas[label][i]) for label in _others(comparison)])
+                            + [repr(deltas[label][i]) for label in _others(comparison)]
+                            + ([repr(section.delta_ci.get(label, [math.nan] * (i + 1))[i])
+                                for label in _others(comparison)] if with_ci else []))
     return buffer.getvalue()
 
 
@@ -138,6 +146,9 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                  "deltas": {label: _json_number(deltas[label][i])
                             for label in _others(comparison)}}
                 for i, metric in enumerate(section.metrics)]
+        if section.delta_ci:
+            for i, row in enumerate(rows):
+                row["delta_ci95"] = {label: _json_number(values[i]) for label, values in section.delta_ci.items()}
         sections.append({"title": section.title, "rows": rows})
     return {"unit": comparison.unit, "baseline": comparison.baseline,
             "labels": list(comparison.labels), "sections": sections,

@@ -53,11 +53,13 @@ def per_severity_mean(cells: Cells) -> Dict[int, float]:
 PRIMARY_METRICS = {
     "detection": ("coco/bbox_mAP", "coco/segm_mAP", "pascal_voc/mAP", "bbox/AP", "segm/AP"),
     "segmentation": ("mIoU",),
+    "classification": ("accuracy/top1",),  # mmpretrain's Accuracy, in %
 }
 
-#: Detectron2's evaluators report in percent (``bbox/AP``, ``sem_seg/mIoU``), as does
-#: mmseg's IoUMetric (``mIoU``, ``aAcc``, ...); mmdet's metrics (``coco/``, ``pascal_voc/``) are fractions.
-_PERCENT_TASKS = ("bbox", "segm", "keypoints", "sem_seg", "panoptic_seg")
+#: Detectron2's evaluators report in percent (``bbox/AP``, ``sem_seg/mIoU``), as do
+#: mmseg's IoUMetric (``mIoU``, ``aAcc``, ...) and mmpretrain's Accuracy (``accuracy/top1``);
+#: mmdet's metrics (``coco/``, ``pascal_voc/``) are fractions.
+_PERCENT_TASKS = ("bbox", "segm", "keypoints", "sem_seg", "panoptic_seg", "accuracy")
 _PERCENT_NAMES = ("mIoU", "mAcc", "aAcc", "mDice", "mFscore", "mPrecision", "mRecall")
 _FRACTION_PREFIXES = ("coco", "pascal_voc")
 
@@ -67,7 +69,7 @@ def pick_primary_metric(metrics: Dict[str, float], requested: Optional[str] = No
         if requested not in metrics:
             raise KeyError(f"metric {requested!r} not among the evaluator's {sorted(metrics)}")
         return requested
-    for task in ("detection", "segmentation"):
+    for task in ("detection", "segmentation", "classification"):
         for key in PRIMARY_METRICS[task]:
             found = [k for k in metrics if k == key or k.endswith("/" + key)]
             if found:
@@ -76,6 +78,8 @@ def pick_primary_metric(metrics: Dict[str, float], requested: Optional[str] = No
 
 
 def task_of_metric(key: str) -> str:
+    if key.split("/")[0] == "accuracy":
+        return "classification"
     return "segmentation" if "mIoU" in key else "detection"
 
 

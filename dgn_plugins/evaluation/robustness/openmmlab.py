@@ -1,4 +1,4 @@
-"""Robustness evaluator for MMDetection / MMSegmentation models (MMEngine Runner).
+"""Robustness evaluator for MMDetection / MMSegmentation / MMPretrain models (MMEngine Runner).
 
 As mmdet's ``tools/analysis_tools/test_robustness.py`` does: build the Runner
 once (the checkpoint loads once), then per cell rebuild only the test
@@ -12,6 +12,12 @@ turns a BGR image to RGB and back around the corruption. mmdet's own
 ``Corrupt`` corrupts the BGR array, so colour corruptions (snow, frost,
 jpeg_compression, ...) differ from its benchmark's images; mPC and rPC are
 defined the same.
+
+Classifiers trained on in-memory data sets (CIFAR: no loading transform) get
+``ApplyCorruption`` first in their pipeline. Given a published benchmark
+(``corruption_data``: CIFAR-10/100-C's ``.npy`` files or ImageNet-C's folders),
+each corrupted cell reads its images from there instead
+(:mod:`dgn_plugins.openmmlab.mmpretrain.corruption_datasets`).
 """
 from __future__ import annotations
 
@@ -23,7 +29,10 @@ from typing import Dict, List, Optional
 from .metrics import nothing_detected, pick_primary_metric, task_of_metric
 from .transforms import ApplyCorruption, check_channel_order  # noqa: F401  (registers the transform)
 
-__all__ = ["OpenMMLabEvaluator", "insert_corruption"]
+__all__ = ["OpenMMLabEvaluator", "insert_corruption", "published_cell", "IN_MEMORY_DATASETS"]
+
+#: Data sets whose samples carry the image itself (no loading transform in their pipelines).
+IN_MEMORY_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST")
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +58,40 @@ def insert_corruption(dataset_cfg, corruption: str, severity: int, seed: int) ->
     types = [str(step.get("type", "")) if isinstance(step, dict) else type(step).__name__ for step in pipeline]
     loaders = [i for i, t in enumerate(types) if "Load" in t and "Image" in t]
     if not loaders:
+        if _dataset_type(dataset_cfg) in IN_MEMORY_DATASETS:  # the sample holds the image (RGB, as CIFAR's)
+            pipeline.insert(0, dict(type="ApplyCorruption", corruption=corruption, severity=severity, seed=seed,
+                                    channel_order="rgb"))
+            return
         raise ValueError(f"no image-loading transform in the test pipeline {types}")
     loader = pipeline[loaders[0]]
     order = loader.get("channel_order") if isinstance(loader, dict) else getattr(loader, "channel_order", None)
     pipeline.insert(loaders[0] + 1, dict(type="ApplyCorruption", corruption=corruption, severity=severity, seed=seed,
                                          channel_order=check_channel_order(order or "bgr")))
+
+
+def _dataset_type(dataset_cfg) -> str:
+    while "pipeline" not in dataset_cfg and "dataset" in dataset_cfg:
+        dataset_cfg = dataset_cfg["dataset"]
+    kind = dataset_cfg.get("type", "")
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", "")
+
+
+def published_cell(dataset_cfg, root: str, corruption: str, severity: int) -> dict:
+    """The test set's config for one cell of a published benchmark under ``root`` (layout detected).
+
+    CIFAR-C keeps the clean test pipeline less its loading step (in-memory 32 x 32 RGB images, as CIFAR's);
+    ImageNet-C's images are the benchmark's crops: loaded and packed, no resize.
+    """
+    from ...openmmlab.mmpretrain.corruption_datasets import corruption_layout
+
+    layout = corruption_layout(root)
+    if layout == "imagenet-c":
+        return dict(type="ImageNetC", data_root=root, corruption=corruption, severity=severity,
+                    pipeline=[dict(type="LoadImageFromFile"), dict(type="PackInputs")])
+    kind = "CIFAR10C" if _dataset_type(dataset_cfg) == "CIFAR10" else "CIFAR100C"
+    pipeline = [step for step in copy.deepcopy(_pipeline_of(dataset_cfg))  # the images come in memory
+                if not ("Load" in str(step.get("type", "")) and "Image" in str(step.get("type", "")))]
+    return dict(type=kind, data_root=root, corruption=corruption, severity=severity, pipeline=pipeline)
 
 
 def _is_scalar(value) -> bool:
@@ -75,10 +113,13 @@ class OpenMMLabEvaluator:
         work_dir: where the Runner writes its logs.
         seed: base seed of the corruptions.
         cfg_options: overrides merged into the config (``--cfg-options``).
+        corruption_data: a published benchmark's root (CIFAR-C ``.npy`` files or
+            ImageNet-C folders) that corrupted cells read instead of corrupting on the fly.
     """
 
     def __init__(self, config, checkpoint: Optional[str], work_dir: str, seed: int = 0,
-                 cfg_options: Optional[dict] = None, log_level: str = "WARNING") -> None:
+                 cfg_options: Optional[dict] = None, log_level: str = "WARNING",
+                 corruption_data: Optional[str] = None) -> None:
         from mmengine.config import Config
         from mmengine.runner import Runner
 
@@ -104,6 +145,7 @@ class OpenMMLabEvaluator:
         cfg.default_hooks = {k: v for k, v in (cfg.get("default_hooks") or {}).items() if k != "visualization"}
         self.cfg = cfg
         self.seed = int(seed)
+        self.corruption_data = corruption_data
         self.runner = Runner.from_cfg(cfg)
         self._test_loader_cfg = copy.deepcopy(cfg.test_dataloader)
         self.task: Optional[str] = None  # known after the first evaluation
@@ -111,7 +153,9 @@ class OpenMMLabEvaluator:
 
     def evaluate(self, corruption: Optional[str], severity: int) -> Dict[str, float]:
         loader_cfg = copy.deepcopy(self._test_loader_cfg)
-        if corruption is not None and severity > 0:
+        if corruption is not None and severity > 0 and self.corruption_data is not None:
+            loader_cfg["dataset"] = published_cell(loader_cfg["dataset"], self.corruption_data, corruption, severity)
+        elif corruption is not None and severity > 0:
             insert_corruption(loader_cfg["dataset"], corruption, severity, self.seed)
         test_loop = self.runner.test_loop  # built on first access
         test_loop.dataloader = self.runner.build_dataloader(loader_cfg, seed=self.seed)

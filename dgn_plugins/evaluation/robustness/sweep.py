@@ -8,14 +8,20 @@ A sweep result is plain data (written as JSON as is)::
      "summary": {"P": .., "mPC": .., "rPC": ..,
                  "per_corruption": {...}, "per_severity": {...}}}
 
+Classifiers' summaries add ``"classification"``: clean error, the mean
+corruption error, ImageNet-C's mCE and relative mCE (:mod:`.classification`).
+
 Several results (GN, DGN, ...) become one :class:`~dgn_plugins.evaluation.compare.report.Comparison`,
-rendered by the comparison tools' Markdown/CSV/JSON code.
+rendered by the comparison tools' Markdown/CSV/JSON code; several checkpoints
+per model (seeds) become one with the means and the paired differences' 95%
+CIs (:func:`comparison_over_checkpoints`).
 """
 from __future__ import annotations
 
 import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
+from .classification import classification_summary
 from .corruptions import check_corruptions, check_severities
 from .evaluators import CellEvaluator
 from .metrics import (
@@ -26,8 +32,9 @@ from .metrics import (
     robustness_summary,
     task_of_metric,
 )
+from .stats import paired_ci
 
-__all__ = ["run_sweep", "summarize_sweep", "comparison_of"]
+__all__ = ["run_sweep", "summarize_sweep", "comparison_of", "comparison_over_checkpoints"]
 
 
 def run_sweep(evaluator: CellEvaluator, corruptions: Optional[Sequence[str]] = None,
@@ -64,10 +71,14 @@ def summarize_sweep(result: Mapping) -> dict:
     summary = robustness_summary(result["clean"][result["metric"]], grid)
     summary["per_corruption"] = per_corruption_mean(grid)
     summary["per_severity"] = {str(k): v for k, v in per_severity_mean(grid).items()}
+    if result.get("task") == "classification":
+        summary["classification"] = classification_summary(result["clean"][result["metric"]], grid)
     return summary
 
 
 def _names(task: str) -> Dict[str, str]:
+    if task == "classification":
+        return {"P": "clean top-1 accuracy", "mPC": "mean corrupted top-1 accuracy", "rPC": "rPC = mPC / clean (%)"}
     if task == "segmentation":
         return {"P": "clean mIoU", "mPC": "mean corrupted mIoU (mPC)", "rPC": "rPC = mPC / clean (%)"}
     return {"P": "clean AP (P)", "mPC": "mPC", "rPC": "rPC = mPC / P (%)"}
@@ -89,6 +100,14 @@ def comparison_of(results: Sequence[Mapping]):
     comparison.add_section(
         f"{metric}: summary", [names["P"], names["mPC"], names["rPC"]],
         {r["label"]: [s["P"] * scale, s["mPC"] * scale, s["rPC"] * 100.0] for r, s in zip(results, summaries)})
+    if results[0]["task"] == "classification":
+        rows = list(summaries[0]["classification"])
+        comparison.add_section("corruption error (top-1 error, %; lower is better)", rows,
+                               {r["label"]: [s["classification"][k] for k in rows] for r, s in zip(results, summaries)})
+        comparison.notes.append("mean corruption error: over every evaluated corruption x severity (the CIFAR-C "
+                                "convention); mCE and relative mCE: ImageNet-C's, each corruption's error over "
+                                "severities 1-5 divided by AlexNet's published one (meaningful for ImageNet models "
+                                "only; n/a without all five severities).")
     corruptions = list(summaries[0]["per_corruption"])
     comparison.add_section(
         f"{metric} per corruption (mean over severities)", corruptions,
@@ -108,3 +127,27 @@ def comparison_of(results: Sequence[Mapping]):
                             "(MMDetection's robustness benchmark). Corruptions: ImageNet-C via imagecorruptions-imaug, "
                             f"seeded per image (seed {results[0]['seed']}).")
     return comparison
+
+
+def comparison_over_checkpoints(runs: Sequence[Sequence[Mapping]]):
+    """``runs[i]``: the results of every model's i-th checkpoint (same models, same order).
+
+    Values are the means over checkpoints; each delta carries the paired
+    difference's 95% CI (t, checkpoint i of a model paired with checkpoint i of
+    the baseline: train them on the same seeds).
+    """
+    from dgn_plugins.evaluation.compare.report import Comparison
+
+    per = [comparison_of(results) for results in runs]
+    first = per[0]
+    combined = Comparison(labels=first.labels, unit=first.unit, notes=list(first.notes))
+    for k, section in enumerate(first.sections):
+        mean = {label: [sum(p.sections[k].values[label][m] for p in per) / len(per) for m in range(len(section.metrics))]
+                for label in first.labels}
+        new = combined.add_section(f"{section.title} (mean of {len(per)} checkpoints)", section.metrics, mean)
+        new.delta_ci = {label: [paired_ci([p.sections[k].values[first.baseline][m] for p in per],
+                                          [p.sections[k].values[label][m] for p in per]).half_width
+                                for m in range(len(section.metrics))] for label in first.labels[1:]}
+    combined.notes.append(f"Δ ± h: the paired difference to {first.baseline} and its 95% CI (t) over "
+                          f"{len(per)} checkpoints, the i-th of each model paired (n/a: no interval, e.g. one pair).")
+    return combined
