@@ -181,6 +181,11 @@ ROBUSTNESS = [
     ("both ways of naming models", [CONFIG, "{d}/iter_10.pth", "--models", f"GN={CONFIG},{{d}}/iter_10.pth"],
      ["--models"]),
     ("nothing to evaluate", [], ["nothing to evaluate"]),
+    ("a checkpoint twice", ["--models", f"GN={CONFIG},{{d}}/iter_10.pth,{{d}}/iter_10.pth"], ["--models", "twice"]),
+    ("checkpoint counts differ", ["--models", f"GN={CONFIG},{{d}}/iter_10.pth,{{d}}/iter_20.pth",
+                                  f"DGN={CONFIG},{{d}}/iter_10.pth"], ["checkpoints per model differ", "GN: 2, DGN: 1"]),
+    ("corruption data not a folder", [CONFIG, "{d}/iter_10.pth", "--corruption-data", "{d}/notes.txt"],
+     ["--corruption-data"]),
     ("cfg-options without =", [CONFIG, "{d}/iter_10.pth", "--cfg-options", "foo"], ["--cfg-options"]),
     ("cfg-options key twice", [CONFIG, "{d}/iter_10.pth", "--cfg-options", "a=1", "a=2"], ["--cfg-options"]),
 ]
