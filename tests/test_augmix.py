@@ -186,3 +186,18 @@ def test_study_augmix_training_is_seeded_and_views_match_the_clean_batch():
     assert torch.equal(weights(1), weights(1)) and not torch.equal(weights(1), weights(2))
     with pytest.raises(ValueError, match="needs raw_images"):
         train(SmallResNet(8, 4), images, labels, iters=1, batch=4, lr=0.1, seed=0, augmix=AugMixParams())
+
+
+def test_study_augmix_runs_only_the_final_stage_and_keeps_its_runs_apart(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import dgn_study
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    with pytest.raises(SystemExit) as info:
+        dgn_study.parse_args(["screen", "--augmix"])
+    assert info.value.code == 2 and "--augmix runs only the final and report stages" in capsys.readouterr().err
+    plain, augmix = dgn_study.parse_args(["final"]), dgn_study.parse_args(["final", "--augmix"])
+    assert "augmix" not in dgn_study.protocol(plain)  # the runs already on disk keep their protocol
+    assert dgn_study.protocol(augmix)["augmix"]["severity"] == 3
+    assert dgn_study.protocol(augmix) != dgn_study.protocol(plain)

@@ -207,7 +207,8 @@ def test_tiny_wrn_trains_regroups_and_resumes_through_mmpretrains_train_py(tmp_p
 
 
 def test_tiny_resnext_trains_and_regroups_through_mmpretrains_train_py(tmp_path, images):
-    config = tiny_config(tmp_path, os.path.join(CONFIGS, "resnext29-32x4d_dgn_augmix-jsd_cifar100.py"), images)
+    config = tiny_config(tmp_path, os.path.join(CONFIGS, "resnext29-32x4d_dgn_augmix-jsd_cifar100.py"), images,
+                         epochs=1)
     work_dir = str(tmp_path / "work")
     done = run_mmpretrain_train(config, work_dir)
     assert done.returncode == 0, done.stderr[-3000:]
