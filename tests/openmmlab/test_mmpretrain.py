@@ -204,6 +204,13 @@ def test_tiny_wrn_trains_regroups_and_resumes_through_mmpretrains_train_py(tmp_p
     records = _records(work_dir)
     assert records[:4] == first[:4]  # the regroups up to the checkpoint kept, the later ones made again
     assert [r["step"] for r in records] == steps
+    pytest.importorskip("matplotlib")
+    from bad_inputs import load_tool
+
+    plot = tmp_path / "groups.png"
+    assert load_tool("plot_groups").main(["--records", os.path.join(work_dir, "dgn_groups.jsonl"),
+                                          "--out", str(plot)]) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG")  # the classification run's records plot
 
 
 def test_tiny_resnext_trains_and_regroups_through_mmpretrains_train_py(tmp_path, images):
