@@ -114,3 +114,30 @@ def test_checkpoint_counts_must_match(setup, capsys):
     status = _tool().main(["--models", f"GN={setup['config']},{gn0},{gn1}", f"DGN={setup['config']},{dgn0}"])
     assert status == 2
     assert "checkpoints per model differ (GN: 2, DGN: 1)" in capsys.readouterr().err
+
+
+def test_without_published_data_the_seeded_corruptions_serve(setup, capsys):
+    path, _ = setup["checkpoints"][0]
+    out = setup["tmp"] / "fly.json"
+    status = _tool().main([setup["config"], path, "--corruptions", "fog", "--severities", "2", "--out", str(out),
+                           "--work-dir", str(setup["tmp"] / "w3")])
+    assert status == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert [(c["corruption"], c["severity"]) for c in result["cells"]] == [("fog", 2)]
+    assert "mean corruption error" in result["summary"]["classification"]
+
+
+def test_in_memory_cifar_gets_the_corruption_first_in_rgb():
+    from mmengine.config import Config
+
+    from dgn_plugins.evaluation.robustness.openmmlab import insert_corruption, published_cell
+
+    cfg = Config.fromfile(os.path.join(CONFIGS, "wrn40-2_gn_augmix-jsd_cifar100.py"))
+    dataset = cfg.test_dataloader.dataset.to_dict()
+    insert_corruption(dataset, "fog", 3, seed=5)
+    assert dataset["pipeline"][0] == dict(type="ApplyCorruption", corruption="fog", severity=3, seed=5,
+                                          channel_order="rgb")
+    with pytest.raises(ValueError, match="neither CIFAR-C's layout"):
+        published_cell(cfg.test_dataloader.dataset.to_dict(), os.path.join(ROOT, "configs"), "fog", 3)
+    with pytest.raises(ValueError, match="no image-loading transform"):
+        insert_corruption(dict(type="CustomDataset", pipeline=[dict(type="PackInputs")]), "fog", 3, seed=0)
