@@ -141,3 +141,41 @@ def test_in_memory_cifar_gets_the_corruption_first_in_rgb():
         published_cell(cfg.test_dataloader.dataset.to_dict(), os.path.join(ROOT, "configs"), "fog", 3)
     with pytest.raises(ValueError, match="no image-loading transform"):
         insert_corruption(dict(type="CustomDataset", pipeline=[dict(type="PackInputs")]), "fog", 3, seed=0)
+
+
+def test_imagenet_c_folders_give_mce_and_relative_mce(setup):
+    from PIL import Image
+
+    from dgn_plugins.data.synthetic_cls import SyntheticClsSpec, class_names, render
+    from dgn_plugins.evaluation.robustness.classification import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS
+
+    spec, root = SyntheticClsSpec(), setup["tmp"] / "ImageNet-C"
+    for severity in range(1, 6):
+        for label, name in enumerate(class_names(spec)):
+            folder = root / "fog" / str(severity) / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(render(spec, "val", label, 50 * severity + i)).save(folder / f"{name}_{i}.png")
+    path, model = setup["checkpoints"][1]
+    out = setup["tmp"] / "inc.json"
+    status = _tool().main([setup["config"], path, "--corruption-data", str(root), "--corruptions", "fog",
+                           "--out", str(out), "--work-dir", str(setup["tmp"] / "w4")])
+    assert status == 0
+    (result,) = json.loads(out.read_text())["results"]
+    errors = [100.0 - c["metrics"]["accuracy/top1"] for c in result["cells"]]
+    clean_error = 100.0 - result["clean"]["accuracy/top1"]
+    summary = result["summary"]["classification"]
+    assert len(errors) == 5
+    import mmcv
+
+    wrong = 0
+    for label, name in enumerate(class_names(spec)):  # severity 3 by hand: loaded as the pipeline loads (BGR)
+        for image in sorted((root / "fog" / "3" / name).iterdir()):
+            inputs = torch.from_numpy(mmcv.imread(str(image))).permute(2, 0, 1)[None].contiguous()
+            with torch.no_grad():
+                scores = model(model.data_preprocessor({"inputs": inputs, "data_samples": None})["inputs"], mode="tensor")
+            wrong += int(scores.argmax(1).item() != label)
+    assert errors[2] == pytest.approx(100.0 * wrong / (2 * spec.classes), abs=1e-4)
+    assert summary["mCE (ImageNet-C, AlexNet = 100)"] == pytest.approx(np.mean(errors) / ALEXNET_ERRORS["fog"], rel=1e-9)
+    assert summary["relative mCE (ImageNet-C, AlexNet = 100)"] == pytest.approx(
+        100.0 * (np.mean(errors) - clean_error) / (100.0 * (ALEXNET_ERRORS["fog"] - ALEXNET_CLEAN_ERROR)), rel=1e-9)
