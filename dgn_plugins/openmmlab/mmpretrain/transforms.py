@@ -3,6 +3,9 @@
 Its draws come from a generator seeded from numpy's global state, which
 mmengine seeds (``randomness=dict(seed=...)``, and per dataloader worker), as
 mmpretrain's own random transforms use it: a seeded run repeats its images.
+The paper's operations treat the three channels alike, so images loaded as
+BGR (mmcv's order) get the AugMix they would get as RGB; only ``all_ops``'s
+``color`` and ``contrast`` (through a grey image) weigh the channels as RGB.
 """
 from __future__ import annotations
 
