@@ -234,6 +234,7 @@ def dynamic_group_norm_with_stats(
     eps: float = 1e-5,
     group_count: Optional[Tensor] = None,
     running_stats: Optional[Tuple[Tensor, Tensor, Tensor, float]] = None,
+    channel_stats: bool = True,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Normalize ``x`` (N, C, *) over groups given by ``group_id`` ([C]).
 
@@ -243,7 +244,10 @@ def dynamic_group_norm_with_stats(
     ``group_count`` ([K] group sizes) may be passed to avoid recounting them
     on every call. ``running_stats`` = ``(running_mean, running_var,
     num_updates, momentum)`` are updated in place from this batch's
-    statistics (a layer's training step). Under tracing and ``torch.export``
+    statistics (a layer's training step). ``channel_stats=False`` returns
+    ``(y, None, None)`` and spares the kernel the [N, C] statistics (for
+    tokens, rows of one value per channel, a copy of the input and zeros);
+    the running statistics are updated all the same. Under tracing and ``torch.export``
     the portable formulation is recorded instead (standard operators only, so
     the graph runs without this package; no statistics, no update).
     """
@@ -261,9 +265,13 @@ def dynamic_group_norm_with_stats(
         if running_stats is not None:
             update_channel_stats_reference(*running_stats[:3], outs[1], outs[2], running_stats[3])
     elif running_stats is None:
-        outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps)
+        outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps,
+                                        channel_stats=channel_stats)
     else:
-        outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps, *running_stats)
+        outs = torch.ops.dgn.group_norm(x, group_id, group_count, weight, bias, num_groups, eps, *running_stats,
+                                        channel_stats=channel_stats)
+    if not channel_stats:
+        return outs[0], None, None
     return outs[0], outs[1], outs[2]
 
 

@@ -1,12 +1,15 @@
 """The DGN operators, registered with ``torch.library`` (namespace ``dgn``).
 
 ``dgn::group_norm(input, group_id, group_count, weight?, bias?, num_groups, eps,
-running_mean!?, running_var!?, num_updates!?, momentum) -> (y, channel_mean,
-channel_var, group_mean, group_rstd)``
+running_mean!?, running_var!?, num_updates!?, momentum, channel_stats=True) -> (y,
+channel_mean, channel_var, group_mean, group_rstd)``
     the forward; statistics are float32 (float64 for float64 input), [N, C]
     and [N, K]. Only ``y`` is differentiable. Given running statistics (a
     layer in training), it also updates them, as ``native_batch_norm`` does:
-    one call per layer and step.
+    one call per layer and step. ``channel_stats=False`` (a layer's call)
+    returns the [N, C] statistics empty ([0, C]): for tokens, rows of one
+    value per channel, they would be a copy of the input and zeros, and the
+    CPU kernel then updates the running statistics from the batch's sums.
 ``dgn::group_norm_backward(grad_y, input, group_mean, group_rstd, group_id,
 group_count, weight?, num_groups, output_mask) -> (dx, dweight, dbias)``
     its backward, from what ``F.group_norm`` saves; outputs not in the mask
@@ -62,7 +65,8 @@ BACKENDS = ("native", "reference", "triton")
 _library = torch.library.Library("dgn", "DEF")
 _FORWARD_ARGUMENTS = ("(Tensor input, Tensor group_id, Tensor group_count, Tensor? weight, Tensor? bias, "
                       "int num_groups, float eps, Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, "
-                      "Tensor(c!)? num_updates=None, float momentum=0.1) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+                      "Tensor(c!)? num_updates=None, float momentum=0.1, bool channel_stats=True) "
+                      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 _library.define("group_norm" + _FORWARD_ARGUMENTS)
 _library.define("group_norm_composite" + _FORWARD_ARGUMENTS)
 _library.define("group_norm_backward(Tensor grad_y, Tensor input, Tensor group_mean, Tensor group_rstd, "
@@ -74,12 +78,20 @@ _library.define("update_channel_stats_(Tensor(a!) running_mean, Tensor(b!) runni
 
 # ------------------------------------------------------------------ plain kernels
 def _forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
-                    num_updates=None, momentum=0.1):
+                    num_updates=None, momentum=0.1, channel_stats=True):
     """The plain forward as a kernel (below autograd: nothing is recorded)."""
     with torch.no_grad():
         outs = functional.reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
         update_running(outs, running_mean, running_var, num_updates, momentum)
-    return outs
+    return with_channel_stats(outs, channel_stats)
+
+
+def with_channel_stats(outs, channel_stats: bool):
+    """The forward's outputs, the [N, C] statistics made empty ([0, C]) unless ``channel_stats``."""
+    if channel_stats:
+        return outs
+    empty = outs[1].new_empty((0,) + tuple(outs[1].shape[1:]))
+    return (outs[0], empty, empty.clone(), *outs[3:])
 
 
 def update_running(outs, running_mean, running_var, num_updates, momentum) -> None:
@@ -89,11 +101,11 @@ def update_running(outs, running_mean, running_var, num_updates, momentum) -> No
 
 
 def _composite(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
-               num_updates=None, momentum=0.1):
+               num_updates=None, momentum=0.1, channel_stats=True):
     """The forward as plain differentiable ops: what autograd differentiates for higher derivatives."""
     outs = functional.reference_forward(x, group_id, group_count, weight, bias, num_groups, eps)
     update_running(outs, running_mean, running_var, num_updates, momentum)
-    return outs
+    return with_channel_stats(outs, channel_stats)
 
 
 def _backward_kernel(grad_y, x, group_mean, group_rstd, group_id, group_count, weight, num_groups, output_mask):
@@ -111,9 +123,14 @@ _library.impl("update_channel_stats_", torch.library.fallthrough_kernel, "Autogr
 
 # ------------------------------------------------------------------ fake implementations
 def _fake_forward(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
-                  num_updates=None, momentum=0.1):
+                  num_updates=None, momentum=0.1, channel_stats=True):
     stats_dtype = functional.compute_dtype(x.dtype)
     n, c = x.shape[:2]
+    if not channel_stats:
+        y = torch.empty_like(x, memory_format=functional.output_memory_format(x))
+        stats = [x.new_empty((0, c), dtype=stats_dtype) for _ in range(2)]
+        groups = [x.new_empty((n, num_groups), dtype=stats_dtype) for _ in range(2)]
+        return (y, *stats, *groups)
     y = torch.empty_like(x, memory_format=functional.output_memory_format(x))
     stats = [x.new_empty((n, c), dtype=stats_dtype) for _ in range(2)]
     groups = [x.new_empty((n, num_groups), dtype=stats_dtype) for _ in range(2)]
@@ -154,7 +171,17 @@ def _loop(op, info, in_dims, *args):
 
 
 def _forward_vmap(info, in_dims, x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None,
-                  running_var=None, num_updates=None, momentum=0.1):
+                  running_var=None, num_updates=None, momentum=0.1, channel_stats=True):
+    outs, dims = _forward_vmap_all(info, in_dims, x, group_id, group_count, weight, bias, num_groups, eps,
+                                   running_mean, running_var, num_updates, momentum)
+    if channel_stats:
+        return outs, dims
+    empty = outs[1].new_empty((info.batch_size, 0) + tuple(outs[1].shape[2:]))
+    return (outs[0], empty, empty.clone(), *outs[3:]), (0,) * 5
+
+
+def _forward_vmap_all(info, in_dims, x, group_id, group_count, weight, bias, num_groups, eps, running_mean,
+                      running_var, num_updates, momentum):
     running = (running_mean, running_var, num_updates)
     if any(d is not None for d in in_dims[7:10]):
         raise RuntimeError("vmap over DynamicGroupNorm's running statistics themselves is not supported: "

@@ -143,9 +143,10 @@ class TokenDynamicGroupNorm(DynamicGrouping, nn.LayerNorm):
     def _forward(self, input: Tensor) -> Tensor:
         check_tokens(self, input, self.over)
         buffers, parameters = self._buffers, self._parameters
+        # No [N, C] statistics: for rows of one value per channel they would be a copy of the input.
         y = dynamic_group_norm_with_stats(to_channels_first(input, self.over), buffers["group_id"], self.num_groups,
                                           parameters["weight"], parameters["bias"], self.eps, buffers["group_count"],
-                                          self._running_stats())[0]
+                                          self._running_stats(), channel_stats=False)[0]
         return from_channels_first(y, input, self.over)
 
     def extra_repr(self) -> str:

@@ -137,11 +137,13 @@ def test_sequence_with_gn_grouping_is_group_norm_of_transposed_tokens(backend):
 
 
 @pytest.mark.parametrize("over", ["token", "sequence"])
-def test_running_statistics_cover_batch_times_tokens(over):
+@pytest.mark.parametrize("offset", [0.0, 1000.0])  # a mean that dwarfs the spread: the sums must not cancel
+@pytest.mark.parametrize("tokens", [7, 70])  # 3 x 70 tokens: more than one work item of the native token walk
+def test_running_statistics_cover_batch_times_tokens(backend, over, offset, tokens):
     layer = TokenDynamicGroupNorm(16, 4, over=over, momentum=0.25)
     mean_ema = var_ema = None
     for _ in range(3):
-        x = torch.randn(3, 7, 16) * torch.rand(16) * 3 + torch.randn(16)
+        x = torch.randn(3, tokens, 16) * torch.rand(16) * 3 + torch.randn(16) + offset
         layer(x)
         flat = x.double().reshape(-1, 16)
         batch_mean, batch_var = flat.mean(0), flat.var(0, unbiased=False)
@@ -277,3 +279,22 @@ def test_native_token_walk_matches_the_generic_walk(dtype, tol, shuffled):
             _C.set_token_walk(True)
     for fast, generic in zip(*results):
         torch.testing.assert_close(fast, generic, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (3, 12, 5)])
+def test_without_channel_statistics_the_output_and_running_update_are_the_same(backend, shape):
+    from dgn_plugins.functional import dynamic_group_norm_with_stats
+
+    ids = random_group_ids(12, 3, 2, 6, torch.Generator().manual_seed(3))
+    x = torch.randn(shape) * 2 + 1
+    results = []
+    for channel_stats in (True, False):
+        running = (torch.zeros(12), torch.ones(12), torch.tensor(0), 0.1)
+        y, mean, var = dynamic_group_norm_with_stats(x, ids, 3, running_stats=running, channel_stats=channel_stats)
+        assert (mean is None) == (not channel_stats) and (var is None) == (not channel_stats)
+        results.append((y, *running[:3]))
+        outs = torch.ops.dgn.group_norm(x, ids, torch.bincount(ids, minlength=3), None, None, 3, 1e-5,
+                                        channel_stats=channel_stats)
+        assert outs[1].shape == ((shape[0], 12) if channel_stats else (0, 12)) == outs[2].shape
+    for with_stats, without in zip(*results):
+        torch.testing.assert_close(without, with_stats, atol=1e-6, rtol=1e-6)

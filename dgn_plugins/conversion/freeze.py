@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional import assignment_matrix, dynamic_group_norm, group_norm_by_assignment
+from ..functional import assignment_matrix, dynamic_group_norm, dynamic_group_norm_with_stats, group_norm_by_assignment
 from ..layer import DynamicGroupNorm
 from ..token_layer import TokenDynamicGroupNorm, check_tokens, from_channels_first, to_channels_first
 from .convert import _copy_affine
@@ -122,8 +122,8 @@ class FrozenTokenDynamicGroupNorm(FrozenDynamicGroupNorm):
     @torch.jit.unused
     def _python_forward(self, input: Tensor) -> Tensor:
         check_tokens(self, input, self.over)
-        y = dynamic_group_norm(to_channels_first(input, self.over), self.group_id, self.num_groups, self.weight,
-                               self.bias, self.eps, self.group_count)
+        y = dynamic_group_norm_with_stats(to_channels_first(input, self.over), self.group_id, self.num_groups,
+                                          self.weight, self.bias, self.eps, self.group_count, channel_stats=False)[0]
         return from_channels_first(y, input, self.over)
 
     def extra_repr(self) -> str:

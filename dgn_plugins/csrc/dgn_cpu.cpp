@@ -49,6 +49,7 @@ struct Passes {
   void (*last_grad_input)(const S*, const S*, S*, int64_t, int64_t, const T*, const T*, const T*, const T*);
   void (*token_param_sums)(const S*, const S*, int64_t, const T*, const T*, double*, double*);
   void (*token_weighted)(const S*, const T*, int64_t, T*);
+  void (*token_column_sums)(const S*, const S*, int64_t, double*, double*);
 };
 
 struct RowKernels {
@@ -383,6 +384,14 @@ template <typename S> S* storage(const at::Tensor& t) {
   else return t.data_ptr<S>();
 }
 
+// What a forward returns besides y and the group statistics: the [N, C] per-sample channel
+// statistics (channel_stats; else [0, C]), and for a training step of the token walk the batch's
+// [1, C] channel mean and variance (batch_stats), appended as outputs 5 and 6.
+struct ForwardOptions {
+  bool channel_stats = true;
+  bool batch_stats = false;
+};
+
 // ----------------------------------------------------------------------------------------------
 // Tokens: (N, C) rows of one element per channel (a transformer's tokens, per token). The generic
 // walk would treat every element as a row of its own; here one token is one sample, walked in
@@ -421,12 +430,12 @@ std::vector<T> in_group_order(const double* values, const Members& groups, doubl
   return out;
 }
 
-constexpr int64_t TOKEN_BLOCK = 64;  // tokens per work item: the parameter sums of a block are combined in order
+constexpr int64_t TOKEN_BLOCK = 64;  // tokens per work item: the sums of a block are combined in order
 
 template <typename S, typename T>
 std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, const c10::optional<at::Tensor>& weight,
                                        const c10::optional<at::Tensor>& bias, const int64_t* ids, const double* count,
-                                       int64_t num_groups, double eps) {
+                                       int64_t num_groups, double eps, const ForwardOptions& options) {
   const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
   const int64_t n = shape.n, channels = shape.channels;
   const Members groups(ids, 1, channels, num_groups);
@@ -436,19 +445,32 @@ std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, 
   const std::vector<T> b = in_group_order<T>(optional_doubles(bias, b_holder), groups, 0.0);
   const auto stats = x.options().dtype(std::is_same<T, double>::value ? at::kDouble : at::kFloat);
   at::Tensor y = at::empty_like(x);
-  // A token's per-channel statistics are its values and zero.
-  at::Tensor channel_mean =
-      x.reshape({n, channels}).to(std::is_same<T, double>::value ? at::kDouble : at::kFloat, false, /*copy=*/true);
-  at::Tensor channel_var = at::zeros({n, channels}, stats);
+  // A token's per-channel statistics are its values and zero: made only when asked for.
+  at::Tensor channel_mean, channel_var;
+  if (options.channel_stats) {
+    channel_mean = x.reshape({n, channels}).to(stats.dtype().toScalarType(), false, /*copy=*/true);
+    channel_var = at::zeros({n, channels}, stats);
+  } else {
+    channel_mean = at::empty({0, channels}, stats);
+    channel_var = at::empty({0, channels}, stats);
+  }
   at::Tensor group_mean = at::empty({n, num_groups}, stats), group_rstd = at::empty({n, num_groups}, stats);
   const S* xs = storage<S>(x);
   S* ys = storage<S>(y);
   T* gm = group_mean.data_ptr<T>();
   T* gr = group_rstd.data_ptr<T>();
-  at::parallel_for(0, n, grain_rows(channels), [&](int64_t begin, int64_t end) {
+  // The batch's channel statistics (the running statistics' update) in the same pass: sums about the
+  // first token per block of tokens, combined in block order.
+  const int64_t blocks = (n + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+  std::vector<double> column(options.batch_stats ? blocks * 2 * channels : 0, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     std::vector<S> gathered(in_order ? 0 : channels), out(in_order ? 0 : channels);
     std::vector<T> center(channels), scale(channels);
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t block = block_begin; block < block_end; ++block)
+    for (int64_t i = block * TOKEN_BLOCK; i < std::min(n, (block + 1) * TOKEN_BLOCK); ++i) {
+      if (options.batch_stats)
+        p.token_column_sums(xs + i * channels, xs, channels, &column[block * 2 * channels],
+                            &column[block * 2 * channels + channels]);
       const S* src = in_group_order(xs + i * channels, groups, in_order, gathered.data());
       for (int64_t k = 0; k < num_groups; ++k) {
         const int64_t first = groups.offsets[k], len = groups.size(k);
@@ -467,7 +489,25 @@ std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, 
       if (!in_order) scatter_from_group_order(out.data(), groups, ys + i * channels);
     }
   });
-  return {y, channel_mean, channel_var, group_mean, group_rstd};
+  std::vector<at::Tensor> outs = {y, channel_mean, channel_var, group_mean, group_rstd};
+  if (options.batch_stats) {  // [1, C] mean and total variance of the batch
+    at::Tensor batch_mean = at::empty({1, channels}, stats), batch_var = at::empty({1, channels}, stats);
+    T* bm = batch_mean.data_ptr<T>();
+    T* bv = batch_var.data_ptr<T>();
+    for (int64_t c = 0; c < channels; ++c) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t block = 0; block < blocks; ++block) {
+        s1 += column[block * 2 * channels + c];
+        s2 += column[block * 2 * channels + channels + c];
+      }
+      const double shift = s1 / double(n), v = s2 / double(n) - shift * shift;
+      bm[c] = T(double(xs[c]) + shift);
+      bv[c] = T(v > 0.0 ? v : 0.0);
+    }
+    outs.push_back(batch_mean);
+    outs.push_back(batch_var);
+  }
+  return outs;
 }
 
 template <typename S, typename T>
@@ -559,10 +599,10 @@ bool token_walk(const Shape& shape, at::ScalarType dtype) {
 template <typename S, typename T>
 std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Shape& shape, const c10::optional<at::Tensor>& weight,
                                      const c10::optional<at::Tensor>& bias, const int64_t* ids, const double* count,
-                                     int64_t num_groups, double eps) {
+                                     int64_t num_groups, double eps, const ForwardOptions& options) {
   if constexpr (std::is_same<S, T>::value) {
     if (token_walk(shape, x.scalar_type()))
-      return forward_tokens<S, T>(x, shape, weight, bias, ids, count, num_groups, eps);
+      return forward_tokens<S, T>(x, shape, weight, bias, ids, count, num_groups, eps, options);
   }
   const Passes<S, T>& p = passes_for<S, T>(x.scalar_type());
   const int64_t n = shape.n, channels = shape.channels, rows = shape.rows();
@@ -755,13 +795,14 @@ bool native_dtype(const at::Tensor& x) {
 // (y, channel_mean [N, C], channel_var [N, C], group_mean [N, K], group_rstd [N, K]).
 std::vector<at::Tensor> forward_kernels(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                         const c10::optional<at::Tensor>& bias, const at::Tensor& group_id,
-                                        const at::Tensor& group_count, int64_t num_groups, double eps) {
+                                        const at::Tensor& group_count, int64_t num_groups, double eps,
+                                        const ForwardOptions& options) {
   const int64_t* ids = checked_group_ids(group_id, x.size(1), num_groups);
   const std::vector<double> count = doubles(group_count);
   TORCH_CHECK(int64_t(count.size()) == num_groups, "group_count must have ", num_groups, " entries");
   const Shape shape = *walk(x);
   DGN_DISPATCH_STORAGE(x.scalar_type(), (forward_impl<S, T>(x, shape, weight, bias, ids, count.data(), num_groups,
-                                                             eps)))
+                                                             eps, options)))
 }
 
 // (dx or undefined, dweight or undefined, dbias or undefined); dy and x walked alike.
@@ -810,9 +851,11 @@ Tensor like_input(const Tensor& out, const Tensor& input) {
 void cpu_update_channel_stats(at::Tensor& running_mean, at::Tensor& running_var, at::Tensor& num_updates,
                               const at::Tensor& channel_mean, const at::Tensor& channel_var, double momentum);
 
-ForwardResult cpu_group_norm_rows(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
-                                  const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
-                                  double eps) {
+// The forward's outputs (see ForwardOptions: with batch_stats, the token walk appends the batch's
+// [1, C] channel statistics).
+std::vector<Tensor> cpu_group_norm_rows(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
+                                        const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
+                                        double eps, const ForwardOptions& options) {
   TORCH_CHECK(input.dim() >= 2, "dgn::group_norm: expected input of shape (N, C, *), got ", input.sizes());
   TORCH_CHECK(input.size(1) == group_id.numel(), "dgn::group_norm: expected input with ", group_id.numel(),
               " channels (dim 1), got ", input.size(1));
@@ -822,23 +865,35 @@ ForwardResult cpu_group_norm_rows(const Tensor& input, const Tensor& group_id, c
     return {input.clone(), at::zeros({n, channels}, stats), at::zeros({n, channels}, stats),
             at::zeros({n, num_groups}, stats), at::zeros({n, num_groups}, stats)};
   const Tensor ids = group_id.to(at::kLong).contiguous();
-  auto outs = forward_kernels(walkable(input), weight, bias, ids, group_count, num_groups, eps);
-  return {like_input(outs[0], input), outs[1], outs[2], outs[3], outs[4]};
+  auto outs = forward_kernels(walkable(input), weight, bias, ids, group_count, num_groups, eps, options);
+  outs[0] = like_input(outs[0], input);
+  return outs;
 }
 
-// The forward, and in training the running statistics' update from its channel statistics.
+// The forward, and in training the running statistics' update from its channel statistics (the
+// token walk's batch statistics when it made them). Without channel_stats the [N, C] statistics
+// come back empty ([0, C]): a layer's training step needs only the update.
 ForwardResult cpu_group_norm(const Tensor& input, const Tensor& group_id, const Tensor& group_count,
                              const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups, double eps,
                              const OptionalTensor& running_mean, const OptionalTensor& running_var,
-                             const OptionalTensor& num_updates, double momentum) {
-  ForwardResult outs = cpu_group_norm_rows(input, group_id, group_count, weight, bias, num_groups, eps);
-  if (running_mean.has_value() && running_mean->defined()) {
+                             const OptionalTensor& num_updates, double momentum, bool channel_stats) {
+  const bool running = running_mean.has_value() && running_mean->defined();
+  ForwardOptions options;
+  options.channel_stats = channel_stats;
+  options.batch_stats = running;
+  std::vector<Tensor> outs = cpu_group_norm_rows(input, group_id, group_count, weight, bias, num_groups, eps, options);
+  if (running) {
     TORCH_CHECK(running_var.has_value() && num_updates.has_value(),
                 "dgn::group_norm: running_mean, running_var and num_updates go together");
     Tensor mean = *running_mean, var = *running_var, count = *num_updates;
-    cpu_update_channel_stats(mean, var, count, std::get<1>(outs), std::get<2>(outs), momentum);
+    const bool batch = outs.size() == 7;
+    cpu_update_channel_stats(mean, var, count, outs[batch ? 5 : 1], outs[batch ? 6 : 2], momentum);
   }
-  return outs;
+  if (!channel_stats && outs[1].size(0) != 0) {
+    outs[1] = at::empty({0, input.size(1)}, outs[1].options());
+    outs[2] = at::empty({0, input.size(1)}, outs[2].options());
+  }
+  return {outs[0], outs[1], outs[2], outs[3], outs[4]};
 }
 
 BackwardResult cpu_group_norm_backward(const Tensor& grad_y, const Tensor& input, const Tensor& group_mean,
@@ -985,7 +1040,7 @@ void cpu_update_channel_stats(at::Tensor& running_mean, at::Tensor& running_var,
 
 using ForwardSignature = ForwardResult(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&,
                                        const OptionalTensor&, int64_t, double, const OptionalTensor&,
-                                       const OptionalTensor&, const OptionalTensor&, double);
+                                       const OptionalTensor&, const OptionalTensor&, double, bool);
 using BackwardSignature = BackwardResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                          const Tensor&, const OptionalTensor&, int64_t, std::array<bool, 3>);
 
@@ -1041,7 +1096,7 @@ struct GroupNormBackward : public torch::autograd::Node {
       if (!inputs.empty()) {
         const Tensor y = std::get<0>(composite_op().call(input, group_id, group_count, optional(w), c10::nullopt,
                                                          num_groups, eps, c10::nullopt, c10::nullopt, c10::nullopt,
-                                                         0.0));
+                                                         0.0, true));
         auto partial = torch::autograd::grad({y}, inputs, {grad_y}, /*retain_graph=*/true, /*create_graph=*/true,
                                              /*allow_unused=*/true);
         size_t next = 0;
@@ -1090,15 +1145,15 @@ bool under_functorch() {
 ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const Tensor& group_count,
                                   const OptionalTensor& weight, const OptionalTensor& bias, int64_t num_groups,
                                   double eps, const OptionalTensor& running_mean, const OptionalTensor& running_var,
-                                  const OptionalTensor& num_updates, double momentum) {
+                                  const OptionalTensor& num_updates, double momentum, bool channel_stats) {
   if (under_functorch() || has_forward_grad(x) || has_forward_grad(weight) || has_forward_grad(bias))
     return composite_op().call(x, group_id, group_count, weight, bias, num_groups, eps, running_mean, running_var,
-                               num_updates, momentum);
+                               num_updates, momentum, channel_stats);
   ForwardResult outs;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // on to the device's kernel
     outs = forward_op().call(x, group_id, group_count, weight, bias, num_groups, eps, running_mean, running_var,
-                             num_updates, momentum);
+                             num_updates, momentum, channel_stats);
   }
   if (at::GradMode::is_enabled() && (x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
     auto node = make_node<GroupNormBackward>();

@@ -118,11 +118,22 @@ static void token_weighted(const typename E::Stored* dy, const typename E::T* w,
   for (int64_t c = 0; c < channels; ++c) out[c] = w[c] * E::get(dy[c]);
 }
 
+// Tokens: the batch's per-channel sums of d = x - pivot and d^2 over one row, in double.
+template <typename E>
+static void token_column_sums(const typename E::Stored* x, const typename E::Stored* pivot, int64_t channels,
+                              double* sum1, double* sum2) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const double d = double(E::get(x[c]) - E::get(pivot[c]));
+    sum1[c] += d;
+    sum2[c] += d * d;
+  }
+}
+
 template <typename E>
 static Passes<typename E::Stored, typename E::T> passes() {
   return {rows_moments<E>,  rows_affine<E>,  rows_grad_sums<E>,  rows_grad_input<E>, last_pivots<E>,
           last_moments<E>, last_affine<E>, last_grad_sums<E>, last_grad_input<E>, token_param_sums<E>,
-          token_weighted<E>};
+          token_weighted<E>, token_column_sums<E>};
 }
 
 static RowKernels kernels() {

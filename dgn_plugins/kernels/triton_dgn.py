@@ -457,7 +457,7 @@ def _layout(group_id: Tensor, num_groups: int) -> Grouping:
 
 
 def forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps, running_mean=None, running_var=None,
-                   num_updates=None, momentum=0.1):
+                   num_updates=None, momentum=0.1, channel_stats=True):
     """``dgn::group_norm`` for tensors Triton runs (CUDA, or CPU under the interpreter)."""
     if x.numel() == 0:
         from ..functional import reference_forward
@@ -470,6 +470,9 @@ def forward_kernel(x, group_id, group_count, weight, bias, num_groups, eps, runn
         outs = (y.squeeze(-1) if squeeze else y, *stats)
     if running_mean is not None:
         torch.ops.dgn.update_channel_stats_(running_mean, running_var, num_updates, outs[1], outs[2], momentum)
+    if not channel_stats:  # the schema's [0, C] (dgn_plugins/ops.py)
+        empty = outs[1].new_empty((0,) + tuple(outs[1].shape[1:]))
+        outs = (outs[0], empty, empty.clone(), *outs[3:])
     return outs
 
 
