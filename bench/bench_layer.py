@@ -15,6 +15,16 @@ forward+backward. Targets: forward+backward <= 1.10x GN on every row, NCHW
 float32 <= 1.05x, peak memory 1.0x, overhead <= 1.2x GN's.
 
     python bench/bench_layer.py [--repeats 15] [--threads 2] [--clock wall|cpu] [--no-memory] [--malloc steady|default]
+    python bench/bench_layer.py --tokens --threads 1 --clock cpu   # the token layer on ViT-B shapes
+
+``--tokens`` times ``TokenDynamicGroupNorm`` on ViT-B tokens, (8, 197, 768)
+and (2, 1025, 768) float32, each against what it generalises: per token with
+one group against ``F.layer_norm``; per token with K=32 groups (GN's grouping)
+against the grouped composite (``view`` + ``layer_norm`` + the per-channel
+affine); per token with a ragged, shuffled grouping against the same
+composite (for scale: the composite cannot express it); per sequence (K=32)
+against ``F.group_norm`` of the transposed tokens. Targets: forward+backward
+<= 1.10x (K=1, sequence), <= 1.0x (K=32), peak memory <= 1.05x.
 
 ``--clock cpu`` times the calling thread's CPU time: with ``--threads 1`` it
 is immune to other processes competing for the cores. ``--malloc steady``
@@ -35,10 +45,11 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from common import fixed_malloc_env, interleaved_medians, peak_rss_delta_mib
 from torch import nn
 
-from dgn_plugins import DynamicGroupNorm, ops, use_backend
+from dgn_plugins import DynamicGroupNorm, TokenDynamicGroupNorm, ops, use_backend
 from dgn_plugins.grouping import group_bounds
 
 SHAPES = [(64, 128, 160), (256, 96, 128), (256, 64, 80), (512, 48, 64), (1024, 32, 48), (2048, 24, 32)]
@@ -153,6 +164,96 @@ def measure_memory(channels, height, width, layout, variant):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+TOKEN_SHAPES = [(8, 197, 768), (2, 1025, 768)]
+TOKEN_CASES = ("token K=1", "token K=32", "token ragged", "sequence K=32")
+
+
+def make_token_case(shape, case):
+    """``(x, dy, baseline module, token layer)`` for one row of the ``--tokens`` table."""
+    channels = shape[-1]
+    x = torch.randn(shape).requires_grad_()
+    dy = torch.randn(shape)
+    groups = 1 if case == "token K=1" else GROUPS
+    over = "sequence" if case.startswith("sequence") else "token"
+    layer = TokenDynamicGroupNorm(channels, groups, over=over, eps=1e-6)
+    if case == "token ragged":
+        layer.set_group_ids(ragged_group_ids(channels, groups))
+    if case == "token K=1":
+        baseline = nn.LayerNorm(channels, eps=1e-6)
+    elif over == "token":
+        baseline = GroupedLayerNorm(groups, channels)
+    else:
+        baseline = TransposedGroupNorm(groups, channels)
+    return x, dy, baseline, layer
+
+
+class GroupedLayerNorm(nn.Module):
+    """Per-token GN grouping as composite ops: ``layer_norm`` over a ``view`` of groups, then the affine."""
+
+    def __init__(self, groups, channels):
+        super().__init__()
+        self.groups = groups
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        shape = x.shape
+        grouped = x.view(*shape[:-1], self.groups, shape[-1] // self.groups)
+        normed = F.layer_norm(grouped, grouped.shape[-1:], eps=1e-6).view(shape)
+        return torch.addcmul(self.bias, normed, self.weight)
+
+
+class TransposedGroupNorm(nn.GroupNorm):
+    """``F.group_norm`` of (B, L, C) tokens as (B, C, L): timm's ``GroupNorm1`` on a sequence."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def token_step_fns(x, dy, baseline, layer):
+    """{"base" | "native" | "reference": forward+backward}."""
+    def train(module, backend=None):
+        params = tuple(module.parameters())
+
+        def run():
+            with use_backend(backend) if backend else _nothing():
+                torch.autograd.grad(module(x), (x, *params), dy)
+        return run
+
+    return {"base": train(baseline), **{path: train(layer, path) for path in PATHS}}
+
+
+def token_memory_child(shape, case):
+    fns = token_step_fns(*make_token_case(tuple(shape), case))
+    for train in fns.values():
+        train()
+    print(json.dumps({name: peak_rss_delta_mib(train) for name, train in fns.items()}))
+
+
+def tokens_main(args):
+    print(f"torch {torch.__version__}, {args.threads} threads, float32 tokens, CPU; medians of {args.repeats} "
+          f"({args.clock} clock); forward+backward, training mode; ratios to the baseline each row names")
+    header = (f"{'case':>14} {'shape':>14} {'baseline':>14} | {'f+b base ms':>11} {'native':>7} {'reference':>9}"
+              + ("" if args.no_memory else f" | {'peak base MiB':>13} {'native':>7} {'reference':>9}"))
+    print(header)
+    print("-" * len(header))
+    names = {"token K=1": "F.layer_norm", "token K=32": "grouped LN", "token ragged": "grouped LN",
+             "sequence K=32": "F.group_norm^T"}
+    for shape in TOKEN_SHAPES:
+        for case in TOKEN_CASES:
+            fns = token_step_fns(*make_token_case(shape, case))
+            times = medians(fns, args.repeats, args.clock)
+            line = (f"{case:>14} {'x'.join(map(str, shape)):>14} {names[case]:>14} | {times['base'] * 1e3:>11.2f} "
+                    f"{times['native'] / times['base']:>7.2f} {times['reference'] / times['base']:>9.2f}")
+            if not args.no_memory:
+                command = [sys.executable, __file__, "--token-memory-child", json.dumps([shape, case])]
+                env = {k: v for k, v in fixed_malloc_env().items() if k != "MALLOC_TRIM_THRESHOLD_"}
+                out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+                memory = json.loads(out.stdout.strip().splitlines()[-1])
+                line += (f" | {memory['base']:>13.1f} {memory['native'] / max(memory['base'], 1e-9):>7.2f} "
+                         f"{memory['reference'] / max(memory['base'], 1e-9):>9.2f}")
+            print(line, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
@@ -162,18 +263,27 @@ def main():
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
                         help="steady: no page faults from freed-and-remapped buffers (see above)")
+    parser.add_argument("--tokens", action="store_true", help="the token layer on ViT-B shapes (see above)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--token-memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.malloc == "steady" and not args.memory_child and STEADY_MALLOC.items() - os.environ.items():
+    child = args.memory_child or args.token_memory_child
+    if args.malloc == "steady" and not child and STEADY_MALLOC.items() - os.environ.items():
         os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **STEADY_MALLOC})  # glibc reads them at start
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*json.loads(args.memory_child))
         return
+    if args.token_memory_child:
+        token_memory_child(*json.loads(args.token_memory_child))
+        return
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu times one thread: use it with --threads 1")
     if not ops.native_available():
         parser.error(f"the native extension dgn_plugins._C is not available ({ops.native_import_error()})")
+    if args.tokens:
+        tokens_main(args)
+        return
     from dgn_plugins import _C
 
     print(f"torch {torch.__version__}, {args.threads} threads, N=2, K={GROUPS}, CPU; medians of {args.repeats} "
