@@ -49,7 +49,7 @@ randomness = dict(seed=0)
     return str(path)
 
 
-def run_mmpretrain_train(config: str, work_dir: str, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_mmpretrain_train(config: str, work_dir: str, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """mmpretrain's ``tools/train.py`` in a subprocess (this checkout's ``dgn_plugins`` first on the path)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, mmpretrain_train_py(), config, "--work-dir", work_dir, *extra],
