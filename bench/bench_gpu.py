@@ -11,11 +11,13 @@ bfloat16, K = 32. Columns (ratios to native GN with the same input):
     python bench/bench_gpu.py [--channels-last] [--dtypes float32 bfloat16] [--rep-ms 200]
 
 Exits with a message (status 2) when CUDA or Triton is unavailable.
+:func:`measure` and :func:`markdown_table` are also what ``bench/gpu_check.py`` prints.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +37,108 @@ SHAPES = [
     ("unet 16x16", 8, 1280, 16, 16),
     ("unet 8x8", 8, 1280, 8, 8),
 ]
+#: Performance targets (reported, never an error): equal grouping vs GN, ragged vs equal.
+TARGET_EQUAL, TARGET_RAGGED = 1.00, 1.10
 
 
-def _exit(message: str) -> None:
-    print(f"bench_gpu: {message}; nothing measured.", file=sys.stderr)
-    sys.exit(2)
+def unavailable() -> Optional[str]:
+    """Why the kernels cannot be timed here (no CUDA, no Triton, no extension), or None."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available (this benchmark needs an NVIDIA GPU)"
+    try:
+        import triton.testing  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install triton)"
+    from dgn_plugins import ops
+
+    if not ops.native_available():
+        return f"the extension dgn_plugins._C (the operators' autograd kernel) is not built: {ops.native_import_error()}"
+    if not ops.triton_available():
+        from dgn_plugins.kernels import triton_import_error
+
+        return f"the Triton kernels do not import: {triton_import_error()}"
+    return None
+
+
+def measure(shape, dtype_name: str, channels_last: bool, rep_ms: int) -> Dict[str, object]:
+    """One row: GN's milliseconds (forward+backward, forward) and the DGN paths' ratios to them."""
+    from bench_layer import ragged_group_ids
+    from triton.testing import do_bench
+
+    from dgn_plugins import use_backend
+    from dgn_plugins.functional import dynamic_group_norm
+    from dgn_plugins.grouping import default_group_ids
+
+    name, n, c, h, w = shape
+    device, dtype = torch.device("cuda"), getattr(torch, dtype_name)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    x.requires_grad_()
+    dy = torch.randn_like(x)
+    weight = torch.randn(c, device=device, dtype=dtype, requires_grad=True)
+    bias = torch.randn(c, device=device, dtype=dtype, requires_grad=True)
+    layouts = {"equal": default_group_ids(c, GROUPS), "ragged": ragged_group_ids(c, GROUPS)}
+    layouts = {key: ids.to(device) for key, ids in layouts.items()}
+    counts = {key: torch.bincount(ids, minlength=GROUPS) for key, ids in layouts.items()}
+
+    def train(fn):
+        return lambda: torch.autograd.grad(fn(), (x, weight, bias), dy)
+
+    def dgn(key):
+        return lambda: dynamic_group_norm(x, layouts[key], GROUPS, weight, bias, group_count=counts[key])
+
+    def gn():
+        return F.group_norm(x, GROUPS, weight, bias)
+
+    # The backend is chosen around the timing, not inside it: choosing one re-registers kernels.
+    with use_backend("native"):  # on CUDA tensors: the Triton kernels
+        ms = {key: do_bench(train(fn), rep=rep_ms) for key, fn in
+              (("gn", gn), ("equal", dgn("equal")), ("ragged", dgn("ragged")))}
+        with torch.no_grad():
+            fwd_gn = do_bench(gn, rep=rep_ms)
+            fwd = do_bench(dgn("ragged"), rep=rep_ms)
+    with use_backend("reference"):
+        ms["plain"] = do_bench(train(dgn("ragged")), rep=rep_ms)
+    return {"shape": name, "N": n, "C": c, "HxW": f"{h}x{w}", "dtype": dtype_name,
+            "format": "channels_last" if channels_last else "NCHW", "gn_ms": ms["gn"],
+            "equal": ms["equal"] / ms["gn"], "ragged": ms["ragged"] / ms["gn"], "plain": ms["plain"] / ms["gn"],
+            "ragged_vs_equal": ms["ragged"] / ms["equal"], "fwd_gn_ms": fwd_gn, "fwd": fwd / fwd_gn}
+
+
+def rows(dtypes: Sequence[str], channels_last: bool, rep_ms: int) -> Iterator[Dict[str, object]]:
+    """:func:`measure` over every shape of :data:`SHAPES` and dtype."""
+    for dtype_name in dtypes:
+        for shape in SHAPES:
+            yield measure(shape, dtype_name, channels_last, rep_ms)
+
+
+HEADER = (f"{'shape':<20} {'N':>5} {'C':>5} {'HxW':>8} {'dtype':>9} | {'GN ms':>8} {'equal':>6} {'ragged':>6} "
+          f"{'plain':>6} | {'fwd GN ms':>9} {'fwd':>6}")
+
+
+def text_line(row: Dict[str, object]) -> str:
+    return (f"{row['shape']:<20} {row['N']:>5} {row['C']:>5} {row['HxW']:>8} {row['dtype']:>9} | "
+            f"{row['gn_ms']:>8.3f} {row['equal']:>6.2f} {row['ragged']:>6.2f} {row['plain']:>6.2f} | "
+            f"{row['fwd_gn_ms']:>9.3f} {row['fwd']:>6.2f}")
+
+
+def markdown_table(table: List[Dict[str, object]]) -> str:
+    """The rows as a markdown table (with their memory format), for bench/RESULTS.md."""
+    lines = ["| shape | N | C | HxW | dtype | format | GN ms | equal | ragged | plain | fwd GN ms | fwd |",
+             "|---|--:|--:|---|---|---|--:|--:|--:|--:|--:|--:|"]
+    for row in table:
+        lines.append(f"| {row['shape']} | {row['N']} | {row['C']} | {row['HxW']} | {row['dtype']} | {row['format']} | "
+                     f"{row['gn_ms']:.3f} | {row['equal']:.2f} | {row['ragged']:.2f} | {row['plain']:.2f} | "
+                     f"{row['fwd_gn_ms']:.3f} | {row['fwd']:.2f} |")
+    return "\n".join(lines)
+
+
+def summary(table: List[Dict[str, object]]) -> str:
+    """The worst ratios against the targets."""
+    worst_equal = max(row["equal"] for row in table)
+    worst_ragged = max(row["ragged_vs_equal"] for row in table)
+    return (f"worst equal-grouping ratio to GN: {worst_equal:.2f} (target <= {TARGET_EQUAL:.2f}); "
+            f"worst ragged / equal: {worst_ragged:.2f} (target <= {TARGET_RAGGED:.2f})")
 
 
 def main():
@@ -48,73 +147,21 @@ def main():
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--rep-ms", type=int, default=200, help="milliseconds of repetitions per measurement")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        _exit("CUDA is not available (this benchmark needs an NVIDIA GPU)")
-    try:
-        from triton.testing import do_bench
-    except ImportError:
-        _exit("Triton is not installed (pip install triton)")
+    reason = unavailable()
+    if reason:
+        print(f"bench_gpu: {reason}; nothing measured.", file=sys.stderr)
+        sys.exit(2)
 
-    from bench_layer import ragged_group_ids
-
-    from dgn_plugins import ops, use_backend
-    from dgn_plugins.functional import dynamic_group_norm
-    from dgn_plugins.grouping import default_group_ids
-
-    if not ops.native_available():
-        _exit(f"the extension dgn_plugins._C (the operators' autograd kernel) is not built: {ops.native_import_error()}")
-
-    device = torch.device("cuda")
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"{'channels_last' if args.channels_last else 'NCHW'}, K={GROUPS}; forward+backward unless noted, "
           f"ratios to native F.group_norm")
-    header = (f"{'shape':<20} {'N':>5} {'C':>5} {'HxW':>8} {'dtype':>9} | {'GN ms':>8} {'equal':>6} {'ragged':>6} "
-              f"{'plain':>6} | {'fwd GN ms':>9} {'fwd':>6}")
-    print(header)
-    print("-" * len(header))
-    worst_equal, worst_ragged_vs_equal = 0.0, 0.0
-    for dtype_name in args.dtypes:
-        dtype = getattr(torch, dtype_name)
-        for name, n, c, h, w in SHAPES:
-            memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-            x = torch.randn(n, c, h, w, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-            x.requires_grad_()
-            dy = torch.randn_like(x)
-            weight = torch.randn(c, device=device, dtype=dtype, requires_grad=True)
-            bias = torch.randn(c, device=device, dtype=dtype, requires_grad=True)
-            layouts = {"equal": default_group_ids(c, GROUPS), "ragged": ragged_group_ids(c, GROUPS)}
-            layouts = {key: ids.to(device) for key, ids in layouts.items()}
-            counts = {key: torch.bincount(ids, minlength=GROUPS) for key, ids in layouts.items()}
-
-            def train(fn):
-                return lambda: torch.autograd.grad(fn(), (x, weight, bias), dy)
-
-            def dgn(key, backend):
-                def run():
-                    with use_backend(backend):
-                        return dynamic_group_norm(x, layouts[key], GROUPS, weight, bias, group_count=counts[key])
-                return run
-
-            def gn():
-                return F.group_norm(x, GROUPS, weight, bias)
-
-            timed = {
-                "gn": train(gn),
-                "equal": train(dgn("equal", "native")),  # on CUDA tensors: the Triton kernels
-                "ragged": train(dgn("ragged", "native")),
-                "plain": train(dgn("ragged", "reference")),
-            }
-            ms = {key: do_bench(fn, rep=args.rep_ms) for key, fn in timed.items()}
-            with torch.no_grad():
-                fwd_gn = do_bench(gn, rep=args.rep_ms)
-                fwd = do_bench(dgn("ragged", "native"), rep=args.rep_ms)
-            ratio = {key: ms[key] / ms["gn"] for key in ms}
-            worst_equal = max(worst_equal, ratio["equal"])
-            worst_ragged_vs_equal = max(worst_ragged_vs_equal, ms["ragged"] / ms["equal"])
-            print(f"{name:<20} {n:>5} {c:>5} {h:>3}x{w:<4} {dtype_name:>9} | {ms['gn']:>8.3f} {ratio['equal']:>6.2f} "
-                  f"{ratio['ragged']:>6.2f} {ratio['plain']:>6.2f} | {fwd_gn:>9.3f} {fwd / fwd_gn:>6.2f}", flush=True)
-    print(f"worst equal-grouping ratio to GN: {worst_equal:.2f} (target <= 1.00); "
-          f"worst ragged / equal: {worst_ragged_vs_equal:.2f} (target <= 1.10)")
+    print(HEADER)
+    print("-" * len(HEADER))
+    table = []
+    for row in rows(args.dtypes, args.channels_last, args.rep_ms):
+        table.append(row)
+        print(text_line(row), flush=True)
+    print(summary(table))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ def group_norm_reference(x, group_id, num_groups, weight=None, bias=None, eps=1e
     return out
 
 
+def channel_stats_reference(x):
+    """Per-(sample, channel) mean and biased variance in float64, [N, C] (a 2-D input: the values, variance 0)."""
+    x64 = x.double()
+    if x64.dim() == 2:
+        return x64, torch.zeros_like(x64)
+    flat = x64.flatten(2)
+    return flat.mean(dim=2), flat.var(dim=2, unbiased=False)
+
+
 def random_group_ids(num_channels, num_groups, size_min, size_max, generator=None):
     """A random grouping with every size in [size_min, size_max], channels shuffled."""
     sizes = torch.full((num_groups,), size_min, dtype=torch.long)
