@@ -1,48 +1,63 @@
 # One-command set-up for a fresh machine (Python 3.11, CPU only).
 # `make demo` runs the main job, `make test` runs the test suite; both create
-# the virtual environment on first use: one environment for both toolkits
-# (OpenMMLab and Detectron2). pip's wheel cache makes re-runs fast (mmcv 2.1.0
-# has no prebuilt wheel and is compiled once, ~17 min on 2 cores; Detectron2 is
-# built from source each time the environment is made, ~2-4 min).
+# their virtual environments on first use. Two tested stacks (README, "Tested
+# stacks"), each one environment for both toolkits (OpenMMLab and Detectron2):
+#   STACK=torch2.13 (default, .venv): torch 2.13, the newest mmcv 2.1.0 builds on;
+#   STACK=torch2.1  (.venv-torch2.1): torch 2.1.2 + numpy<2, the OpenMMLab 3.x stack.
+# `make test` tests both. pip's wheel cache makes re-runs fast (mmcv 2.1.0 has
+# no prebuilt wheel and is compiled once per stack, ~17 min on 2 cores;
+# Detectron2 is built from source each time an environment is made, ~2-4 min).
 PYTHON ?= python3.11
-VENV ?= .venv
-PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+STACK ?= torch2.13
 MAX_JOBS ?= 2
 
-# torch and the torchvision of the same release, both the registry's builds
-# (CUDA builds; they run on the CPU). mmcv 2.1.0 compiles against torch 2.13,
-# not 2.14. A CPU-only local build (torch==2.13.0+cpu, which pip prefers when
-# one is offered) is excluded: the registry's torchvision does not load on it.
-TORCH_VERSION ?= 2.13.0
-TORCHVISION_VERSION ?= 0.28.0
-TORCH_SPEC := torch==$(TORCH_VERSION),!=$(TORCH_VERSION)+cpu
+ifeq ($(STACK),torch2.13)
+VENV := .venv
+# The checkout itself is installed (editable).
+SRC := .
+MMCV_CACHE :=
+else ifeq ($(STACK),torch2.1)
+VENV := .venv-torch2.1
+# The old stack installs a copy of the checkout: an editable install compiles
+# dgn_plugins/_C*.so in place, and both stacks' builds have the same file name.
+SRC := build/torch2.1/src
+# pip keys its wheel cache by the source, not by the torch a wheel was built
+# against: mmcv built for torch 2.1 gets its own cache.
+MMCV_CACHE = --cache-dir "$$($(PIP) cache dir)/mmcv-torch2.1"
+else
+$(error STACK is torch2.13 or torch2.1, not '$(STACK)')
+endif
+
+PY := $(abspath $(VENV))/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+STACK_REQUIREMENTS := requirements/stack-$(STACK).txt
 
 # Detectron2 is on no registry: built from source, this commit. From a copy of
 # its source when there is one (unmodified, as `git archive` makes it, top
 # folder detectron2/), else from its repository. Extracted under build/, which
-# git ignores; never part of the project.
+# git ignores; never part of the project. One copy per stack: its build folder
+# holds objects compiled against that stack's torch.
 DETECTRON2_COMMIT ?= 02b5c4e295e990042a714712c21dc79b731e8833
 DETECTRON2_TARBALL ?= ../shared/third_party/detectron2-02b5c4e2.tar.gz
-DETECTRON2_BUILD := build/detectron2-src
+DETECTRON2_BUILD := build/$(STACK)/detectron2-src
 DETECTRON2_SOURCE := $(if $(wildcard $(DETECTRON2_TARBALL)),$(DETECTRON2_BUILD)/detectron2,git+https://github.com/facebookresearch/detectron2.git@$(DETECTRON2_COMMIT))
 
-.PHONY: setup ext check-ext demo test bench clean
+.PHONY: setup sync-src ext check-ext demo test test-stack wheel-check bench clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt requirements/detectron2.txt
+$(STAMP): setup.py $(STACK_REQUIREMENTS) requirements/build.txt requirements/toolkits.txt requirements/tests.txt requirements/detectron2.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools<70" wheel
-	# torch first: everything below builds or resolves against it.
-	$(PIP) install -q "$(TORCH_SPEC)" "torchvision==$(TORCHVISION_VERSION)"
-	$(PIP) install -q -r requirements/build.txt
+	# torch first (with this stack's pins): everything below builds or resolves against it.
+	$(PIP) install -q -r $(STACK_REQUIREMENTS)
+	$(PIP) install -q -r $(STACK_REQUIREMENTS) -r requirements/build.txt
 	# mmcv ships only a source distribution; its ops need MMCV_WITH_OPS=1 and
 	# the torch above, hence no build isolation.
-	MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install --no-build-isolation "mmcv==2.1.0"
-	# The torch above stays: named here, a conflict stops pip instead of letting it swap torch.
-	$(PIP) install -q "$(TORCH_SPEC)" -r requirements/toolkits.txt -r requirements/tests.txt -r requirements/detectron2.txt
+	MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install $(MMCV_CACHE) --no-build-isolation -r $(STACK_REQUIREMENTS) "mmcv==2.1.0"
+	# The stack's pins named again: a conflict stops pip instead of letting it swap torch or numpy.
+	$(PIP) install -q -r $(STACK_REQUIREMENTS) -r requirements/toolkits.txt -r requirements/tests.txt -r requirements/detectron2.txt
 	# Detectron2 from source, its C++ ops compiled against the torch above (no
 	# build isolation; --use-pep517: the PEP 517 path whatever pip and setuptools meet).
 	$(if $(wildcard $(DETECTRON2_TARBALL)),rm -rf $(DETECTRON2_BUILD) && mkdir -p $(DETECTRON2_BUILD) && tar -xzf $(DETECTRON2_TARBALL) -C $(DETECTRON2_BUILD))
@@ -50,12 +65,13 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt requirements
 	# This package. No build isolation: setup.py builds the native CPU kernels
 	# (dgn_plugins._C) and the k-means inner loops (dgn_plugins._kmeans) against
 	# the torch above; check-ext below stops here if either is missing.
-	$(PIP) install -q --no-deps --no-build-isolation --use-pep517 -e .
+	$(MAKE) --no-print-directory sync-src
+	cd $(SRC) && $(PIP) install -q --no-deps --no-build-isolation --use-pep517 -e .
 	# Resolving packages that depend on torch lets pip upgrade setuptools
 	# (torch asks for >=77), which drops pkg_resources; mmengine imports it to
 	# resolve `mmdet::`/`mmseg::` config inheritance. Pin it back, last.
 	$(PIP) install -q "setuptools<70"
-	$(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, mmpretrain, dgn_plugins, shapely, imagecorruptions"
+	cd $(SRC) && $(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, mmpretrain, dgn_plugins, shapely, imagecorruptions"
 	$(PY) -c "import torch, torchvision, detectron2._C; from detectron2 import model_zoo; \
 	  from torchvision.ops import nms; nms(torch.zeros(1, 4), torch.ones(1), 0.5); \
 	  model_zoo.get_config_file('Misc/mask_rcnn_R_50_FPN_3x_gn.yaml'); \
@@ -63,35 +79,66 @@ $(STAMP): setup.py requirements/toolkits.txt requirements/tests.txt requirements
 	$(MAKE) --no-print-directory check-ext
 	touch $(STAMP)
 
+# The old stack's copy of the checkout: tracked and new (not ignored) files,
+# refreshed before each use; its compiled extensions and build folder stay.
+sync-src:
+ifneq ($(SRC),.)
+	mkdir -p $(SRC)
+	find $(SRC) -mindepth 1 -type f ! -name '*.so' ! -path '$(SRC)/build/*' -delete
+	git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(SRC)
+endif
+
 # Both native extensions must have built: without them regrouping and the CPU
 # kernels fall back to paths tens of times slower, and their tests skip.
 check-ext:
-	@$(PY) -c "import dgn_plugins._C; print('dgn_plugins._C (native CPU kernels): built')" || \
-	  { echo "dgn_plugins._C (native CPU kernels) did not build; \`$(PIP) install -v --no-deps --no-build-isolation --use-pep517 -e .\` shows why" >&2; exit 1; }
-	@$(PY) -c "import dgn_plugins._kmeans; print('dgn_plugins._kmeans (k-means inner loops): built')" || \
-	  { echo "dgn_plugins._kmeans (k-means inner loops) did not build; \`$(PIP) install -v --no-deps --no-build-isolation --use-pep517 -e .\` shows why" >&2; exit 1; }
+	@cd $(SRC) && $(PY) -c "import dgn_plugins._C; print('dgn_plugins._C (native CPU kernels): built against torch', __import__('torch').__version__)" || \
+	  { echo "dgn_plugins._C (native CPU kernels) did not build; \`cd $(SRC) && $(PIP) install -v --no-deps --no-build-isolation --use-pep517 -e .\` shows why" >&2; exit 1; }
+	@cd $(SRC) && $(PY) -c "import dgn_plugins._kmeans; print('dgn_plugins._kmeans (k-means inner loops): built')" || \
+	  { echo "dgn_plugins._kmeans (k-means inner loops) did not build; \`cd $(SRC) && $(PIP) install -v --no-deps --no-build-isolation --use-pep517 -e .\` shows why" >&2; exit 1; }
 
-# Rebuild the native extensions after editing dgn_plugins/csrc.
+# Rebuild the native extensions after editing dgn_plugins/csrc (the old stack's
+# copy is refreshed first; ninja recompiles only what changed).
 ext: setup
-	$(PIP) install -q --no-deps --no-build-isolation --use-pep517 -e .
+	$(MAKE) --no-print-directory sync-src
+	cd $(SRC) && $(PY) setup.py -q build_ext --inplace
 	$(MAKE) --no-print-directory check-ext
 
 demo: setup
 	$(PY) tools/demo.py
 
-# ruff first (pyproject.toml), then the whole suite, Detectron2's tests included:
-# DGN_REQUIRE_DETECTRON2 makes them fail rather than skip when Detectron2 (or
-# what they need) is missing.
-test: setup
-	$(PY) -m ruff check .
-	DGN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q tests
+# Both stacks: ruff first (pyproject.toml), then the whole suite on each,
+# Detectron2's tests included: DGN_REQUIRE_DETECTRON2 makes them fail rather
+# than skip when Detectron2 (or what they need) is missing.
+test:
+	$(MAKE) --no-print-directory test-stack STACK=torch2.13
+	$(MAKE) --no-print-directory test-stack STACK=torch2.1
+
+# One stack's suite (`make test-stack STACK=torch2.1` for the old one alone),
+# then its wheel check.
+test-stack: ext
+	$(if $(filter .,$(SRC)),$(PY) -m ruff check .)
+	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory wheel-check
+
+# A user's non-editable install, checked: an sdist, a wheel built from it
+# against this stack's torch (no build isolation), then .ci/check_wheel.py: the
+# wheel holds both extensions, the configs, the tools and the license, and in a
+# throwaway environment (sharing this one's packages, not the checkout) DGN runs
+# forward and backward with the native kernels.
+WHEEL_DIR := $(abspath build/$(STACK)/wheel-check)
+wheel-check: setup
+	$(MAKE) --no-print-directory sync-src
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	cd $(SRC) && $(PY) setup.py -q sdist -d $(WHEEL_DIR)
+	MAX_JOBS=$(MAX_JOBS) $(PIP) wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) $(WHEEL_DIR)/*.tar.gz
+	$(PY) $(abspath .ci/check_wheel.py) $(WHEEL_DIR)/*.whl $(WHEEL_DIR)/venv
 
 # The solver benchmarks' reference, k-means-constrained, pins protobuf<7 (ortools);
 # install it in a separate environment, not in the test one (README, Benchmarks).
 bench: setup
-	$(PY) bench/bench_layer.py
-	$(PY) bench/bench_resnet.py
-	$(PY) bench/bench_regroup.py
+	cd $(SRC) && $(PY) bench/bench_layer.py
+	cd $(SRC) && $(PY) bench/bench_resnet.py
+	cd $(SRC) && $(PY) bench/bench_regroup.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info dgn_plugins/_C*.so dgn_plugins/_kmeans*.so
+	rm -rf .venv .venv-torch2.1 build *.egg-info dgn_plugins/_C*.so dgn_plugins/_kmeans*.so
