@@ -9,6 +9,7 @@ MMEngine, so ``norm_cfg=dict(type='DGN')`` (channels first) and
 MMDetection/MMSegmentation.
 """
 from . import ops  # noqa: F401  (registers the dgn:: operators first: everything below calls them)
+from ._version import __version__ as __version__  # the one version source (setup.py reads it too)
 from .conversion.convert import convert_gn_to_dgn, convert_ln_to_dgn
 from .conversion.freeze import FrozenDynamicGroupNorm, FrozenTokenDynamicGroupNorm, freeze
 from .functional import dynamic_group_norm, dynamic_group_norm_with_stats
@@ -20,8 +21,6 @@ from .regrouping.rule import RegroupReport
 from .token_layer import TokenDynamicGroupNorm
 from .training.controller import RegroupController, summarize
 from .training.model import dgn_layers, is_trainable, name_layers, regroup_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DynamicGroupNorm",

@@ -17,6 +17,7 @@ LEVELS = [
     ("dgn_plugins.cli", 0),
     ("dgn_plugins.atomic", 0),
     ("dgn_plugins.compat", 0),
+    ("dgn_plugins._version", 0),
     ("dgn_plugins.functional", 0),
     ("dgn_plugins.ops", 0),
     ("dgn_plugins.kernels", 0),
