@@ -57,7 +57,8 @@ def test_augmix_transform_is_deterministic_under_mmengines_seed():
     from mmpretrain.registry import TRANSFORMS
 
     image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
-    transform = TRANSFORMS.build(dict(type="AugMix", jsd=True))
+    # mmpretrain's scope whatever an earlier test left as MMEngine's default scope (mmdet's, in the full suite).
+    transform = TRANSFORMS.build(dict(type="AugMix", jsd=True, _scope_="mmpretrain"))
 
     def views(seed):
         set_random_seed(seed)
@@ -68,10 +69,10 @@ def test_augmix_transform_is_deterministic_under_mmengines_seed():
     assert all(v.min() >= 0 and v.max() <= 255 for v in first) and np.array_equal(first[0], image)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[1], other[1])
-    single = TRANSFORMS.build(dict(type="AugMix"))(dict(img=image.copy()))["img"]
+    single = TRANSFORMS.build(dict(type="AugMix", _scope_="mmpretrain"))(dict(img=image.copy()))["img"]
     assert isinstance(single, np.ndarray) and single.dtype == np.float32 and single.shape == image.shape
     with pytest.raises(ValueError, match="severity must be an integer in 1-10"):
-        TRANSFORMS.build(dict(type="AugMix", severity=11))
+        TRANSFORMS.build(dict(type="AugMix", severity=11, _scope_="mmpretrain"))
 
 
 def test_jsd_loss_from_a_head_is_the_plain_loss():
