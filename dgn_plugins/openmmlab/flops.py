@@ -7,10 +7,11 @@ so it gets GN's counter hook.
 """
 from mmcv.cnn.utils import flops_counter
 
-from ..conversion.freeze import FrozenDynamicGroupNorm
+from ..conversion.freeze import FrozenDynamicGroupNorm, FrozenTokenDynamicGroupNorm
 from ..layer import DynamicGroupNorm
+from ..token_layer import TokenDynamicGroupNorm
 
-DGN_TYPES = (DynamicGroupNorm, FrozenDynamicGroupNorm)
+DGN_TYPES = (DynamicGroupNorm, FrozenDynamicGroupNorm, TokenDynamicGroupNorm, FrozenTokenDynamicGroupNorm)
 
 
 def register_flops_counter() -> None:
