@@ -123,7 +123,12 @@ def reference_forward(
 
 
 def output_memory_format(x: Tensor) -> torch.memory_format:
-    """The memory format outputs keep: channels-last inputs give channels-last outputs."""
+    """The memory format outputs keep: channels-last inputs give channels-last outputs.
+
+    Dynamo before torch 2.3 (which traces this plain formulation) cannot trace ``is_contiguous``: there the
+    elementwise result keeps the input's layout (``preserve_format``)."""
+    if not compat.FUNCTIONALIZES_MUTABLE_OPS and compat.is_compiling():
+        return torch.preserve_format
     if not x.is_contiguous():
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             return torch.channels_last

@@ -1,4 +1,5 @@
 """Deployment: ONNX (checked with onnxruntime), TorchScript script/trace, torch.export, freeze."""
+import inspect
 import io
 
 import pytest
@@ -52,9 +53,15 @@ def _onnx_outputs(model, x, *, dynamic_batch=False):
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx onnxscript)")
     pytest.importorskip("onnxscript", reason="onnxscript is not installed (torch.onnx.export needs it)")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
-    proto = program.model_proto
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.5: the exporter on torch.export
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
+        proto = program.model_proto
+    else:  # before: the TorchScript exporter (the layer traces its plain formulation)
+        buffer = io.BytesIO()
+        torch.onnx.export(model, (x,), buffer, input_names=["x"], opset_version=17,
+                          dynamic_axes={"x": {0: "batch"}} if dynamic_batch else None)
+        proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
     op_types = {node.op_type for node in proto.graph.node}
     domains = {node.domain for node in proto.graph.node}
@@ -98,8 +105,8 @@ def test_scripted_layer_follows_a_later_regroup():
 
 
 @pytest.mark.skipif(not compat.EXPORT_DETECTION, reason=f"torch {compat.TORCH_VERSION} cannot tell torch.export from "
-                    "torch.compile (torch.compiler.is_exporting, 2.7+): its exported graphs record dgn::group_norm; the "
-                    "test below checks that, and freeze() gives standard operators (tested above)")
+                    "torch.compile (torch.compiler.is_exporting, 2.7+): the test below checks what its exported graphs hold, and "
+                    "freeze() gives standard operators (tested above)")
 def test_torch_export_has_only_aten_operators(model):
     x = _inputs()
     program = torch.export.export(model, (x,))
@@ -114,8 +121,11 @@ def test_torch_export_without_export_detection_records_the_operator(model):
     x = _inputs()
     program = torch.export.export(model, (x,))
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
-    assert any("dgn.group_norm" in t for t in targets), targets
-    assert all(t.startswith("aten.") or "dgn." in t for t in targets), targets
+    if compat.FUNCTIONALIZES_MUTABLE_OPS:
+        assert any("dgn.group_norm" in t for t in targets), targets
+        assert all(t.startswith("aten.") or "dgn." in t for t in targets), targets
+    else:  # torch < 2.3 traces the plain formulation whenever Dynamo runs (compile or export): standard operators
+        assert all(t.startswith("aten.") for t in targets), targets
     torch.testing.assert_close(program(x) if not hasattr(program, "module") else program.module()(x), model(x),
                                atol=1e-5, rtol=1e-5)
 

@@ -145,7 +145,9 @@ def load_pickle(handle):
     return DataUnpickler(handle).load()
 
 
-_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)|Trying to load unsupported GLOBAL ([\w.]+)")
+# torch >= 2.4: "Unsupported global: GLOBAL x.y"; before: "Unsupported class x.y" (legacy files: __builtin__).
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)|"
+                          r"Trying to load unsupported GLOBAL ([\w.]+)|Unsupported class ([\w.]+)")
 
 
 def _one_line(error: Exception) -> str:
@@ -154,9 +156,10 @@ def _one_line(error: Exception) -> str:
     if match and match.group(2):
         return (f"not a torch.save file that loads as data (pickle opcode {match.group(2)} is not allowed); "
                 "a plain pickle is not a checkpoint")
-    if match and (match.group(1) or match.group(3)):
-        name = match.group(1) or match.group(3)
+    if match and (match.group(1) or match.group(3) or match.group(4)):
+        name = match.group(1) or match.group(3) or match.group(4)
         name = name if "." in name else f"builtins.{name}"  # torch names builtins bare
+        name = re.sub(r"^__builtin__\.", "builtins.", name)  # protocol-2 pickles spell builtins the Python 2 way
         return (f"it references {name}, which is not plain data (dicts, lists, "
                 "arrays, tensors); it was not loaded, as that could run code")
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
