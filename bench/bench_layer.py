@@ -89,6 +89,16 @@ def make_case(channels, height, width, layout, variant):
     return x, dy, gn, dgn
 
 
+def train_step(module, x, dy, backend=None):
+    """One forward+backward of ``module`` on ``x`` (gradients ``dy``), under ``backend`` if given."""
+    params = tuple(module.parameters())
+
+    def run():
+        with use_backend(backend) if backend else _nothing():
+            torch.autograd.grad(module(x), (x, *params), dy)
+    return run
+
+
 def step_fns(x, dy, gn, dgn):
     """{"gn" | "native" | "reference": (forward, forward+backward)}."""
     def forward(module, backend=None):
@@ -97,17 +107,9 @@ def step_fns(x, dy, gn, dgn):
                 module(x)
         return run
 
-    def train(module, backend=None):
-        params = tuple(module.parameters())
-
-        def run():
-            with use_backend(backend) if backend else _nothing():
-                torch.autograd.grad(module(x), (x, *params), dy)
-        return run
-
-    fns = {"gn": (forward(gn), train(gn))}
+    fns = {"gn": (forward(gn), train_step(gn, x, dy))}
     for path in PATHS:
-        fns[path] = (forward(dgn, path), train(dgn, path))
+        fns[path] = (forward(dgn, path), train_step(dgn, x, dy, path))
     return fns
 
 
@@ -211,15 +213,7 @@ class TransposedGroupNorm(nn.GroupNorm):
 
 def token_step_fns(x, dy, baseline, layer):
     """{"base" | "native" | "reference": forward+backward}."""
-    def train(module, backend=None):
-        params = tuple(module.parameters())
-
-        def run():
-            with use_backend(backend) if backend else _nothing():
-                torch.autograd.grad(module(x), (x, *params), dy)
-        return run
-
-    return {"base": train(baseline), **{path: train(layer, path) for path in PATHS}}
+    return {"base": train_step(baseline, x, dy), **{path: train_step(layer, x, dy, path) for path in PATHS}}
 
 
 def token_memory_child(shape, case):

@@ -30,6 +30,15 @@ def _copy_affine(source: nn.Module, target: nn.Module) -> None:
     target.train(source.training)
 
 
+def _convert_children(module: nn.Module, convert, path: str, dgn_kwargs: dict) -> nn.Module:
+    """Apply ``convert`` to every child, in place, naming each by its module path (for errors)."""
+    for name, child in module.named_children():
+        new_child = convert(child, _path=f"{path}.{name}" if path else name, **dgn_kwargs)
+        if new_child is not child:
+            module.add_module(name, new_child)
+    return module
+
+
 def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Module:
     """Return ``module`` with every ``nn.GroupNorm`` replaced by a DGN layer.
 
@@ -60,11 +69,7 @@ def convert_gn_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Mo
                                  f"{module.num_channels})): {error}") from None
         _copy_affine(module, converted)
         return converted
-    for name, child in module.named_children():
-        new_child = convert_gn_to_dgn(child, _path=f"{_path}.{name}" if _path else name, **dgn_kwargs)
-        if new_child is not child:
-            module.add_module(name, new_child)
-    return module
+    return _convert_children(module, convert_gn_to_dgn, _path, dgn_kwargs)
 
 
 def convert_ln_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Module:
@@ -96,8 +101,4 @@ def convert_ln_to_dgn(module: nn.Module, _path: str = "", **dgn_kwargs) -> nn.Mo
         _copy_affine(module, converted)
         converted.layer_name = _path
         return converted
-    for name, child in module.named_children():
-        new_child = convert_ln_to_dgn(child, _path=f"{_path}.{name}" if _path else name, **dgn_kwargs)
-        if new_child is not child:
-            module.add_module(name, new_child)
-    return module
+    return _convert_children(module, convert_ln_to_dgn, _path, dgn_kwargs)
