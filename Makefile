@@ -53,6 +53,10 @@ $(STAMP): setup.py $(STACK_REQUIREMENTS) requirements/build.txt requirements/too
 	# torch first (with this stack's pins): everything below builds or resolves against it.
 	$(PIP) install -q -r $(STACK_REQUIREMENTS)
 	$(PIP) install -q -r $(STACK_REQUIREMENTS) -r requirements/build.txt
+	# mmcv's setup.py imports pkg_resources, which setuptools>=70 no longer has. Its own
+	# step: torch 2.13 asks for setuptools>=77.0.3, so pip only warns here, where one
+	# resolve with torch's pin would fail (ResolutionImpossible).
+	$(PIP) install -q "setuptools<70"
 	# mmcv ships only a source distribution; its ops need MMCV_WITH_OPS=1 and
 	# the torch above, hence no build isolation. -g0: without the debug
 	# information Python's flags ask for, the compile is faster and smaller.
