@@ -24,6 +24,17 @@ SRC := build/torch2.1/src
 # pip keys its wheel cache by the source, not by the torch a wheel was built
 # against: mmcv built for torch 2.1 gets its own cache.
 MMCV_CACHE = --cache-dir "$$($(PIP) cache dir)/mmcv-torch2.1"
+# The old stack's run (issue 22): the core and GroupNorm suites, kernels, compile
+# and export, checkpoints, and the mmdet, mmseg, mmpretrain and Detectron2 tests
+# that train, regroup and resume. Left to the current stack: the tools that
+# only read files and tables (COCO/mIoU comparison, plots, records, release
+# metadata), the robustness and demo studies, the GPU check's CPU-only paths.
+PYTEST_IGNORE := tests/test_compare_coco.py tests/test_compare_miou.py \
+  tests/test_plot_groups.py tests/test_release.py tests/test_gpu_check.py \
+  tests/test_robustness.py tests/test_robustness_classification.py \
+  tests/test_demo_noise.py tests/openmmlab/test_demo_noise_record.py \
+  tests/openmmlab/test_real_dumps.py tests/openmmlab/test_robustness_mmdet.py \
+  tests/openmmlab/test_robustness_mmpretrain.py tests/detectron2/test_d2_robustness.py
 else
 $(error STACK is torch2.13 or torch2.1, not '$(STACK)')
 endif
@@ -122,7 +133,7 @@ test:
 # then its wheel check.
 test-stack: ext
 	$(if $(filter .,$(SRC)),$(PY) -m ruff check .)
-	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q tests
+	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q --durations=25 tests $(addprefix --ignore=,$(PYTEST_IGNORE))
 	$(MAKE) --no-print-directory wheel-check
 
 # A user's non-editable install, checked: an sdist, a wheel built from it
