@@ -3,11 +3,9 @@
 The checkpoint is a synthetic timm/MAE-format state dict (the key names and
 shapes of a real one, random values) run through mmseg's own converter,
 ``tools/model_converters/vit2mmseg.py`` as the installed package ships it
-(``mmseg/.mim/tools``).
+(``mmseg/.mim/tools``): ``vit_helpers.py``.
 """
-import importlib.util
 import os
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from mmcv.cnn import build_norm_layer  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from torch import nn  # noqa: E402
+from vit_helpers import save_converted  # noqa: E402
 
 import dgn_plugins.openmmlab  # noqa: E402, F401
 from dgn_plugins import TokenDynamicGroupNorm, name_layers  # noqa: E402
@@ -39,55 +38,10 @@ def vit_cfg(norm_cfg, **kwargs):
                 num_heads=2, mlp_ratio=HIDDEN // DIMS, final_norm=True, norm_cfg=norm_cfg, init_cfg=None, **kwargs)
 
 
-def mmseg_converter():
-    """``convert_vit`` of mmseg's ``tools/model_converters/vit2mmseg.py``, from the installed package."""
-    import mmseg
-
-    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "tools", "model_converters", "vit2mmseg.py")
-    if not os.path.isfile(path):
-        pytest.fail(f"mmseg's ViT converter is not installed at {path}")
-    spec = importlib.util.spec_from_file_location("vit2mmseg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.convert_vit
-
-
-def mae_state_dict(seed=0):
-    """A timm / MAE-format ViT state dict: the names and shapes of a real checkpoint, random values."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen) * 0.02
-
-    patches = (IMAGE // PATCH) ** 2
-    state = OrderedDict(cls_token=rand(1, 1, DIMS), pos_embed=rand(1, patches + 1, DIMS))
-    state["patch_embed.proj.weight"] = rand(DIMS, 3, PATCH, PATCH)
-    state["patch_embed.proj.bias"] = rand(DIMS)
-    for i in range(LAYERS):
-        block = f"blocks.{i}."
-        for norm in ("norm1", "norm2"):
-            state[block + norm + ".weight"] = 1 + rand(DIMS)
-            state[block + norm + ".bias"] = rand(DIMS)
-        state[block + "attn.qkv.weight"] = rand(3 * DIMS, DIMS)
-        state[block + "attn.qkv.bias"] = rand(3 * DIMS)
-        state[block + "attn.proj.weight"] = rand(DIMS, DIMS)
-        state[block + "attn.proj.bias"] = rand(DIMS)
-        state[block + "mlp.fc1.weight"] = rand(HIDDEN, DIMS)
-        state[block + "mlp.fc1.bias"] = rand(HIDDEN)
-        state[block + "mlp.fc2.weight"] = rand(DIMS, HIDDEN)
-        state[block + "mlp.fc2.bias"] = rand(DIMS)
-    state["norm.weight"] = 1 + rand(DIMS)
-    state["norm.bias"] = rand(DIMS)
-    state["head.weight"] = rand(1000, DIMS)  # the classifier: the converter drops it
-    state["head.bias"] = rand(1000)
-    return state
-
-
 @pytest.fixture
 def converted_checkpoint(tmp_path):
-    path = str(tmp_path / "vit_mmseg.pth")
-    torch.save(mmseg_converter()(mae_state_dict()), path)
-    return path
+    return save_converted(tmp_path / "vit_mmseg.pth", dims=DIMS, layers=LAYERS, hidden=HIDDEN, patch=PATCH,
+                          image=IMAGE)
 
 
 def test_token_dgn_is_registered_and_named_like_layer_norm():

@@ -2,13 +2,17 @@
 
 Importing this package registers, in MMSegmentation's registries,
 ``ImageNetSDataset`` (DATASETS), ``LoadImageNetSImageFromFile`` and
-``LoadImageNetSAnnotations`` (TRANSFORMS) and ``ImageNetSIoUMetric``
-(METRICS). ``format`` holds the file conventions (RGB ids, ignore 1000, the
-large-image rule) and ``classes`` the 50/300/919 class names.
+``LoadImageNetSAnnotations`` (TRANSFORMS), ``ImageNetSIoUMetric``
+(METRICS) and, for the ViT fine-tuning recipe,
+``ViTLearningRateDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS:
+layer-wise lr decay for mmseg's ``VisionTransformer``). ``format`` holds the
+file conventions (RGB ids, ignore 1000, the large-image rule) and ``classes``
+the 50/300/919 class names.
 """
 from .classes import IMAGENET_S_CLASSES, classes_of_subset
 from .dataset import ImageNetSDataset
 from .format import IGNORE_INDEX, MAX_RESOLUTION, OTHERS_INDEX, decode_label_rgb, encode_label_rgb, evaluation_size
+from .layer_decay import ViTLearningRateDecayOptimizerConstructor
 from .metric import ImageNetSIoUMetric, official_mean_iou
 from .transforms import LoadImageNetSAnnotations, LoadImageNetSImageFromFile
 
@@ -19,6 +23,7 @@ __all__ = [
     "ImageNetSIoUMetric",
     "LoadImageNetSAnnotations",
     "LoadImageNetSImageFromFile",
+    "ViTLearningRateDecayOptimizerConstructor",
     "official_mean_iou",
     "IGNORE_INDEX",
     "MAX_RESOLUTION",

@@ -2,7 +2,12 @@
 # Layout: data/ImageNetS/ImageNetS{50,300,919}/{train-semi,train-semi-segmentation,
 # validation,validation-segmentation}/<wnid>/*.{JPEG,png}; labels are RGB PNGs
 # with class id R + 256 * G, 0 = "others", 1000 = ignore.
-custom_imports = dict(imports=['dgn_plugins.openmmlab.imagenet_s'], allow_failed_imports=False)
+# imagenet_s: the data set, transforms and metric (and, through dgn_plugins.openmmlab,
+# DGN, TokenDGN and the regroup hook); resumable: MMEngine's checkpoint types
+# allow-listed, so that --resume works in MMSegmentation's own tools/train.py
+# under torch >= 2.6 (torch.load(weights_only=True)).
+custom_imports = dict(
+    imports=['dgn_plugins.openmmlab.imagenet_s', 'dgn_plugins.openmmlab.resumable'], allow_failed_imports=False)
 
 dataset_type = 'ImageNetSDataset'
 subset = 919
