@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from . import compat, ops  # noqa: F401  (ops registers the dgn:: operators)
+from .errors import ConfigError
 from .functional import assignment_matrix, compute_dtype, dynamic_group_norm_with_stats, group_norm_by_assignment
 from .grouping import (
     DGNOptionError,
@@ -45,7 +46,12 @@ from .grouping import (
 from .regrouping.policy import CLUSTER_FEATURES, RegroupPolicy, check_momentum
 from .regrouping.rule import RegroupReport, plan_regroup, standardize
 
-__all__ = ["DynamicGrouping", "DynamicGroupNorm", "CLUSTER_FEATURES", "wrong_layout"]
+__all__ = ["DynamicGrouping", "DynamicGroupNorm", "CLUSTER_FEATURES", "LayoutError", "wrong_layout"]
+
+
+class LayoutError(ValueError, ConfigError):
+    """A DGN layer given the other layout (tokens to ``DGN``, channels first to ``TokenDGN``): a norm type to change
+    in the config, so the launchers print it as one line (exit status 2); a ``ValueError`` for everyone else."""
 
 
 def wrong_layout(layer: nn.Module, input: Tensor, expected: str, other: str, looks_like_other: bool) -> str:
@@ -375,7 +381,7 @@ class DynamicGroupNorm(DynamicGrouping, nn.GroupNorm):
     @torch.jit.unused
     def _forward(self, input: Tensor) -> Tensor:
         if input.dim() < 2 or input.shape[1] != self.num_channels:
-            raise ValueError(wrong_layout(self, input, f"channels first (N, {self.num_channels}, *)",
+            raise LayoutError(wrong_layout(self, input, f"channels first (N, {self.num_channels}, *)",
                                           "TokenDGN / TokenDynamicGroupNorm", input.shape[-1] == self.num_channels))
         # Parameters and buffers straight from their dicts: nn.Module.__getattr__ would cost a few
         # microseconds per layer and step. In training the same call updates the running statistics.

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import assignment_matrix, dynamic_group_norm_with_stats, group_norm_by_assignment
-from .layer import DynamicGrouping, wrong_layout
+from .layer import DynamicGrouping, LayoutError, wrong_layout
 
 __all__ = ["TokenDynamicGroupNorm", "DOMAINS", "to_channels_first", "from_channels_first", "check_tokens"]
 
@@ -38,13 +38,14 @@ def check_over(over: str) -> str:
 
 
 def check_tokens(layer: nn.Module, input: Tensor, over: str) -> None:
-    """ValueError in one line unless ``input`` is channels-last tokens of the layer's width."""
+    """:class:`~dgn_plugins.layer.LayoutError` (a ValueError), one line, unless ``input`` is channels-last tokens
+    of the layer's width."""
     channels = layer.num_channels
     least = 1 if over == "token" else 2  # the sequence domain needs a sample dimension
     if input.dim() < least or input.shape[-1] != channels:
         expected = (f"channels-last tokens (..., {channels})" if over == "token"
                     else f"channels-last tokens (B, *, {channels})")
-        raise ValueError(wrong_layout(layer, input, expected, "DGN / DynamicGroupNorm",
+        raise LayoutError(wrong_layout(layer, input, expected, "DGN / DynamicGroupNorm",
                                       input.dim() >= 2 and input.shape[1] == channels))
 
 

@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="override config settings, xxx=yyy pairs merged into the config (as in the toolkits' train.py)",
     )
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher")
+    parser.add_argument("--allow-norm-key-mismatch", action="store_true",
+                        help="load a checkpoint (load_from, a Pretrained init_cfg) whose normalisation keys do not "
+                             "match the model's, with a warning naming them; by default the run stops")
     dgn = parser.add_argument_group("GN -> DGN", "run a GN config with Dynamic Group Normalization, no config file needed")
     dgn.add_argument("--dgn", action="store_true",
                      help="replace every GN norm_cfg (and nn.GroupNorm built directly) with DGN and add DGNRegroupHook")
@@ -287,8 +290,8 @@ def setup_cpu_distributed(cfg) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
-def build_runner(cfg):
-    """Register the toolkit, validate the norm types, build the Runner."""
+def build_runner(cfg, allow_norm_key_mismatch: bool = False):
+    """Register the toolkit, validate the norm types, build the Runner, check the checkpoints' norm keys."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
@@ -299,6 +302,7 @@ def build_runner(cfg):
 
     from dgn_plugins.grouping import DGNOptionError
     from dgn_plugins.openmmlab.norm_check import check_norm_types, explain_infeasible_dgn
+    from dgn_plugins.training.model import name_layers
 
     switch = cfg.pop("dgn_switch", None)
     runner_cls = RUNNERS.get(cfg.runner_type) if "runner_type" in cfg else Runner
@@ -313,7 +317,22 @@ def build_runner(cfg):
     if switch is not None:
         _require_dgn_layers(runner, cfg)
         _add_regroup_hook(runner, cfg, switch, changes)
+    name_layers(runner.model)  # a layout error in the first forward names its layer, with or without the hook
+    _check_checkpoint_norm_keys(runner, cfg, allow_norm_key_mismatch)
     return runner
+
+
+def _check_checkpoint_norm_keys(runner, cfg, allow: bool) -> None:
+    """Stop (one line) before training if a checkpoint the run loads would leave norm weights behind:
+    ``load_from``, and unless resuming (which overwrites them) each ``Pretrained`` ``init_cfg``."""
+    from .norm_keys import ADVICE, NormKeyMismatchError, norm_key_problems
+
+    _, problems = norm_key_problems(runner.model, cfg.get("load_from"), init_cfgs=not cfg.get("resume"))
+    if problems and not allow:
+        raise NormKeyMismatchError(f"{problems[0]}. {ADVICE}")
+    for problem in problems:
+        runner.logger.warning(f"{problem}; loading it anyway (--allow-norm-key-mismatch): those norm layers keep "
+                              "their initial weights")
 
 
 def _require_dgn_layers(runner, cfg) -> None:
@@ -362,7 +381,7 @@ def _add_regroup_hook(runner, cfg, switch, changes) -> None:
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     cfg = load_config(args)
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, allow_norm_key_mismatch=args.allow_norm_key_mismatch)
     runner.train()
     return runner
 

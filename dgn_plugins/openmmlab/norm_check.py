@@ -106,25 +106,32 @@ def check_norm_types(cfg, scope: Optional[str] = None) -> None:
         raise UnknownNormTypeError(_unknown_type_message(norm_type, places, scope_name, scope))
 
 
-def dgn_norm_cfg_paths(cfg) -> List[str]:
-    """Dotted paths of the ``*norm_cfg`` dicts whose type is DGN."""
-    return [path for path, norm_cfg in iter_norm_cfgs(cfg) if norm_cfg.get("type") == "DGN"]
+#: The registry names of the DGN layers (channels first, tokens).
+DGN_NORM_TYPES = ("DGN", "TokenDGN")
+
+
+def dgn_norm_cfg_paths(cfg, types=DGN_NORM_TYPES) -> List[str]:
+    """Dotted paths of the ``*norm_cfg`` dicts whose type is DGN (or another of ``types``)."""
+    return [path for path, norm_cfg in iter_norm_cfgs(cfg) if norm_cfg.get("type") in types]
 
 
 def explain_infeasible_dgn(model_cfg, scope: Optional[str], error: Exception) -> str:
     """``error`` (a DGN layer's options cannot be met) with the module paths of the failing layers.
 
-    Builds the model again with :class:`~dgn_plugins.feasibility.ProbeGroupNorm`
-    registered as ``DGN`` (then puts DGN back), so the same builders give the
-    same channel counts; falls back to ``error`` if that build fails too.
+    Builds the model again with the probes of :mod:`dgn_plugins.feasibility`
+    registered as ``DGN`` and ``TokenDGN`` (then puts the layers back), so the
+    same builders give the same channel counts; falls back to ``error`` if that
+    build fails too.
     """
-    from ..feasibility import ProbeGroupNorm, describe_infeasible, infeasible_layers
+    from ..feasibility import ProbeGroupNorm, ProbeTokenNorm, describe_infeasible, infeasible_layers
     from .registry import register_all
 
+    probes = {"DGN": ProbeGroupNorm, "TokenDGN": ProbeTokenNorm}
     paths = dgn_norm_cfg_paths(model_cfg)
     where = ", ".join(f"model.{p}" for p in paths) or "the DGN norm_cfg"
     try:
-        MODELS.register_module("DGN", module=ProbeGroupNorm, force=True)
+        for name, probe in probes.items():
+            MODELS.register_module(name, module=probe, force=True)
         with MODELS.switch_scope_and_registry(scope) as registry:
             model = registry.build(model_cfg)
     except Exception:  # the probe build is a courtesy: keep the original message
@@ -134,10 +141,12 @@ def explain_infeasible_dgn(model_cfg, scope: Optional[str], error: Exception) ->
     layers = infeasible_layers(model)
     if not layers:
         return str(error)
-    # The norm_cfgs whose options are those of the first failing layer (shared configs name several).
+    # The norm_cfgs whose type and options are those of the first failing layer (shared configs name several).
     norm_cfgs = dict(iter_norm_cfgs(model_cfg))
-    defaults = dict(num_groups=32, eps=1e-5, affine=True)
-    failing = dict(defaults, **layers[0][2])
-    matching = [p for p in paths if failing == dict(defaults, **{k: v for k, v in norm_cfgs[p].items()
-                                                                 if k not in ("type", "requires_grad")})]
+    probe = type(model.get_submodule(layers[0][0]))
+    norm_type = next(name for name, cls in probes.items() if cls is probe)
+    failing = dict(probe.defaults, **layers[0][2])
+    matching = [p for p in paths if norm_cfgs[p].get("type") == norm_type
+                and failing == dict(probe.defaults, **{k: v for k, v in norm_cfgs[p].items()
+                                                      if k not in ("type", "requires_grad")})]
     return describe_infeasible(layers, ", ".join(f"model.{p}" for p in matching) or where)

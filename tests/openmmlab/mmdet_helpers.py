@@ -33,6 +33,18 @@ def import_train_tool():
     return launcher
 
 
+def demo_gn_state_dict():
+    """The GN demo Mask R-CNN's weights, as its training would save them (norms named gn1, ...)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        return MODELS.build(Config.fromfile(DEMO_GN).model).state_dict()
+
+
 def tiny_dataset(data_root, split="train"):
     """A SyntheticCocoDataset config over ``data_root`` with a 64 px pipeline."""
     import dgn_plugins.openmmlab.synthetic_coco_dataset  # noqa: F401  (registers the dataset)

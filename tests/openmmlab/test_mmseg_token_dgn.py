@@ -94,3 +94,21 @@ def test_dgn_given_vit_tokens_names_the_layer_and_the_layout():
     with pytest.raises(ValueError, match=r"^layer backbone\.layers\.0\.gn1 \(DynamicGroupNorm\(64\)\) got input of "
                                          r"shape \(2, 17, 64\), expects channels first \(N, 64, \*\)"):
         model["backbone"](torch.randn(2, 3, IMAGE, IMAGE))
+
+
+def test_infeasible_token_dgn_options_name_the_layer_and_the_norm_cfg():
+    from dgn_plugins.grouping import DGNOptionError
+    from dgn_plugins.openmmlab.norm_check import explain_infeasible_dgn
+
+    model_cfg = dict(backbone=vit_cfg(dict(type="TokenDGN", group_size=5, alpha=0.05, eps=1e-6)))
+    model_cfg = dict(type="EncoderDecoder", **model_cfg, decode_head=dict(
+        type="FCNHead", in_channels=DIMS, channels=DIMS, num_convs=0, concat_input=False, num_classes=3,
+        norm_cfg=dict(type="TokenDGN", num_groups=8)))  # a feasible TokenDGN norm_cfg: not named
+    with pytest.raises(DGNOptionError) as error:
+        MODELS.build(model_cfg)
+    assert "layers.0.ln1" not in str(error.value)  # the layer alone cannot say where it is
+    message = explain_infeasible_dgn(model_cfg, "mmseg", error.value)
+    assert message.startswith("layer backbone.layers.0.ln1: DGN layer with C=64 channels (group_size=5, alpha=0.05)")
+    assert "raise alpha to >= " in message and "(set in model.backbone.norm_cfg)" in message
+    assert "also 4 more: backbone.layers.0.ln2, backbone.layers.1.ln1, backbone.layers.1.ln2, ..." in message
+    assert isinstance(MODELS.build(vit_cfg(dict(type="TokenDGN", num_groups=8))).ln1, TokenDynamicGroupNorm)  # put back

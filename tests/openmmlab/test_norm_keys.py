@@ -73,3 +73,43 @@ def test_urls_and_missing_files_are_not_read(tmp_path):
     model = backbone()
     model.init_cfg = dict(type="Pretrained", checkpoint="https://example.com/vit.pth")
     assert checkpoints_to_load(model, str(tmp_path / "absent.pth")) == []
+
+
+# ------------------------------------------------------- through tools/train.py
+def _runner(tmp_path, *cfg_options, allow=False):
+    pytest.importorskip("mmdet", reason="mmdet is not installed")
+    from mmdet_helpers import DEMO_DGN, import_train_tool
+
+    train = import_train_tool()
+    argv = [DEMO_DGN, "--work-dir", str(tmp_path / "work"), "--cfg-options", *cfg_options]
+    args = train.parse_args(argv + (["--allow-norm-key-mismatch"] if allow else []))
+    return train.build_runner(train.load_config(args), allow_norm_key_mismatch=args.allow_norm_key_mismatch)
+
+
+def _demo_gn_checkpoint(tmp_path, rename=None):
+    from mmdet_helpers import demo_gn_state_dict
+
+    state = demo_gn_state_dict()
+    if rename:
+        state = {k.replace(*rename): v for k, v in state.items()}
+    return save(tmp_path, {"state_dict": state, "meta": {}}, "gn_demo.pth")
+
+
+def test_launcher_loads_a_gn_checkpoint_into_the_dgn_model(tmp_path):
+    runner = _runner(tmp_path, f"load_from={_demo_gn_checkpoint(tmp_path)}")  # no norm key missing: no error
+    runner.load_checkpoint(runner.cfg.load_from)
+    state = torch.load(runner.cfg.load_from, weights_only=True)["state_dict"]
+    layer = runner.model.backbone.gn1
+    assert isinstance(layer, DynamicGroupNorm) and torch.equal(layer.weight, state["backbone.gn1.weight"])
+    assert layer.layer_name == "backbone.gn1"  # named by the launcher: its layout errors say where it is
+
+
+def test_launcher_refuses_other_norm_names_unless_allowed(tmp_path):
+    checkpoint = _demo_gn_checkpoint(tmp_path, rename=("backbone.gn1.", "backbone.ln1."))
+    with pytest.raises(NormKeyMismatchError, match=r"the model's backbone\.gn1\.weight, backbone\.gn1\.bias not in "
+                                                   r"the checkpoint; the checkpoint's backbone\.ln1\.weight"):
+        _runner(tmp_path, f"load_from={checkpoint}")
+    runner = _runner(tmp_path, f"load_from={checkpoint}", allow=True)
+    assert runner.cfg.load_from == checkpoint
+    text = "\n".join(p.read_text() for p in (tmp_path / "work").rglob("*.log"))  # the runner's log file
+    assert "loading it anyway (--allow-norm-key-mismatch)" in text and "backbone.ln1.weight" in text

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from bad_inputs import ROOT, assert_refused, load_tool, make_inputs, table
-from mmdet_helpers import DEMO_DGN, DEMO_GN
+from mmdet_helpers import DEMO_DGN, DEMO_GN, demo_gn_state_dict
 
 pytest.importorskip("mmdet", reason="mmdet is not installed")
 
@@ -27,7 +27,21 @@ def made_inputs(tmp_path_factory):
         "model = dict(backbone=dict(norm_cfg=dict(_delete_=True, type='BN', requires_grad=True)),\n"
         "             neck=dict(norm_cfg=None),\n"
         "             roi_head=dict(bbox_head=dict(norm_cfg=None), mask_head=dict(norm_cfg=None)))\n")
+    _norm_key_checkpoints(inputs)
     return inputs
+
+
+def _norm_key_checkpoints(inputs):
+    """Checkpoints whose backbone norms are named bn1, not gn1: as load_from, and as a Pretrained init_cfg."""
+    import torch
+
+    renamed = {k.replace("backbone.gn1.", "backbone.bn1."): v for k, v in demo_gn_state_dict().items()}
+    torch.save({"state_dict": renamed, "meta": {}}, inputs / "bn_names.pth")
+    backbone = {k[len("backbone."):]: v for k, v in renamed.items() if k.startswith("backbone.")}
+    torch.save(backbone, inputs / "bn_backbone.pth")
+    (inputs / "pretrained_bn.py").write_text(
+        f"_base_ = [{DEMO_DGN!r}]\n"
+        f"model = dict(backbone=dict(init_cfg=dict(_delete_=True, type='Pretrained', checkpoint={str(inputs / 'bn_backbone.pth')!r})))\n")
 
 
 @pytest.fixture
@@ -66,6 +80,13 @@ TRAIN = [
     ("work dir is a file", [DEMO_GN, "--work-dir", "{d}/notes.txt"], ["--work-dir"]),
     ("local rank not a number", [DEMO_GN, "--local-rank", "x"] + WORK, ["--local-rank"]),
     ("unknown launcher", [DEMO_GN, "--launcher", "ray"] + WORK, ["--launcher"]),
+    ("load_from with other norm names", [DEMO_DGN, "--cfg-options", "load_from={d}/bn_names.pth"] + WORK,
+     ["bn_names.pth (load_from) does not match the model's normalisation layers: the model's backbone.gn1.weight, "
+      "backbone.gn1.bias not in the checkpoint; the checkpoint's backbone.bn1.weight, backbone.bn1.bias not in "
+      "the model"]),
+    ("Pretrained init_cfg with other norm names", ["{d}/pretrained_bn.py"] + WORK,
+     ["bn_backbone.pth (backbone.init_cfg) does not match the model's normalisation layers: the model's gn1.weight, "
+      "gn1.bias not in the checkpoint; the checkpoint's bn1.weight, bn1.bias not in the model"]),
     ("auto-scale-lr without auto_scale_lr", [DEMO_DGN, "--auto-scale-lr", "--cfg-options", "auto_scale_lr=None"]
      + WORK, ["--auto-scale-lr"]),
 ]
