@@ -39,6 +39,9 @@ SUBSETS = (50, 300, 919)
 VARIANTS = ("ln", "gn", "dgn")
 #: ViT-B/16 at 224: the shapes of a real MAE / TEC / iBOT checkpoint.
 VIT_B = dict(dims=768, layers=12, hidden=3072, patch=16, image=224)
+#: What a DGN layer keeps besides LN's parameters (an LN checkpoint lacks them: GN's grouping).
+GROUPING_BUFFERS = ("group_id", "channel_mean_ema", "channel_var_ema", "num_stat_updates", "num_regroups",
+                    "group_count")
 #: The shrunken ViT of the training tests (64 channels in 8 groups of 8).
 TINY = dict(dims=64, layers=4, hidden=256, patch=8, image=32)
 
@@ -85,6 +88,7 @@ def test_ln_config_is_the_mmseg_0x_imagenet_s_recipe(subset):
     assert (backbone.img_size, backbone.patch_size, backbone.embed_dims, backbone.num_layers, backbone.num_heads,
             backbone.mlp_ratio) == ((224, 224), 16, 768, 12, 12, 4)
     assert backbone.drop_path_rate == 0.1 and backbone.final_norm and backbone.with_cls_token
+    assert backbone.qkv_bias and backbone.patch_bias  # timm / MAE ViTs have both biases
     assert (head.type, head.num_convs, head.in_channels, head.channels, head.dropout_ratio) == ("FCNHead", 0, 768,
                                                                                                 768, 0.0)
     assert head.num_classes == subset + 1 and head.ignore_index == 1000 and cfg.model.auxiliary_head is None
@@ -133,6 +137,9 @@ def test_converted_mae_checkpoint_loads_every_norm_key(vit_b_checkpoint, variant
     state = torch.load(vit_b_checkpoint, weights_only=True)
     assert norm_key_mismatch(model.backbone, state) == ([], [])  # no norm key missing or unexpected
     assert check_checkpoint_norm_keys(model, None) == 1  # what our launcher checks before training
+    used = model.backbone.load_state_dict(state, strict=False)
+    assert not used.unexpected_keys  # every key of the checkpoint has a place (the patch embedding's bias too)
+    assert all(k.rsplit(".", 1)[-1] in GROUPING_BUFFERS for k in used.missing_keys), used.missing_keys
     model.backbone.init_weights()  # mmseg's own loading: strict=False, logger=None
     norms = [(n[len("backbone."):], m) for n, m in norm_layers(model) if n.startswith("backbone.")]
     for name, layer in norms:

@@ -33,6 +33,10 @@ model = dict(
         mlp_ratio=4,
         out_indices=(2, 5, 8, 11),
         qkv_bias=True,
+        # The patch embedding's conv has a bias in MAE / TEC / iBOT ViTs (timm's)
+        # and in 0.x's VisionTransformer; 1.x added patch_bias with default False
+        # (for CLIP-style ViTs), which would drop the checkpoint's bias silently.
+        patch_bias=True,
         drop_rate=0.0,
         attn_drop_rate=0.0,
         drop_path_rate=0.1,
