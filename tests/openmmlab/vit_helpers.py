@@ -5,25 +5,16 @@ checkpoint and random values; ``mmseg_converter()`` is ``convert_vit`` of
 mmseg's ``tools/model_converters/vit2mmseg.py`` as the installed package ships
 it (``mmseg/.mim/tools``), so the tests load what a user's conversion gives.
 """
-import importlib.util
-import os
 from collections import OrderedDict
 
-import pytest
 import torch
 
 
 def mmseg_converter():
     """``convert_vit`` of mmseg's ``tools/model_converters/vit2mmseg.py``, from the installed package."""
-    import mmseg
+    from dgn_plugins.openmmlab.vit_checkpoint import mmseg_vit_converter
 
-    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "tools", "model_converters", "vit2mmseg.py")
-    if not os.path.isfile(path):
-        pytest.fail(f"mmseg's ViT converter is not installed at {path}")
-    spec = importlib.util.spec_from_file_location("vit2mmseg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.convert_vit
+    return mmseg_vit_converter()
 
 
 def mae_state_dict(dims=64, layers=2, hidden=128, patch=8, image=32, seed=0):
