@@ -89,8 +89,9 @@ def test_ln_config_is_the_mmseg_0x_imagenet_s_recipe(subset):
             backbone.mlp_ratio) == ((224, 224), 16, 768, 12, 12, 4)
     assert backbone.drop_path_rate == 0.1 and backbone.final_norm and backbone.with_cls_token
     assert backbone.qkv_bias and backbone.patch_bias  # timm / MAE ViTs have both biases
-    assert (head.type, head.num_convs, head.in_channels, head.channels, head.dropout_ratio) == ("FCNHead", 0, 768,
-                                                                                                768, 0.0)
+    assert (head.type, head.num_convs, head.in_channels, head.channels, head.dropout_ratio) == (
+        "ImageNetSFCNHead", 0, 768, 768, 0.0)
+    assert head.downsample_label_ratio == 8  # 0.x's loss on 28 x 28 labels
     assert head.num_classes == subset + 1 and head.ignore_index == 1000 and cfg.model.auxiliary_head is None
     assert cfg.model.data_preprocessor.seg_pad_val == 1000 and cfg.model.data_preprocessor.size == (224, 224)
     wrapper = cfg.optim_wrapper
@@ -148,6 +149,32 @@ def test_converted_mae_checkpoint_loads_every_norm_key(vit_b_checkpoint, variant
         if variant != "ln":
             assert torch.equal(layer.group_id, default_group_ids(768, 32))  # an LN checkpoint: GN's grouping
     assert torch.equal(model.backbone.pos_embed, state["pos_embed"])
+
+
+def test_head_takes_the_loss_on_labels_downsampled_by_8_as_0x_did():
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    head_cfg = Config.fromfile(config_path(50, "gn")).model.decode_head
+    head = MODELS.build(dict(head_cfg, in_channels=16, channels=16, init_cfg=None))
+    torch.manual_seed(0)
+    logits = torch.randn(2, 51, 14, 14)
+    labels = torch.randint(0, 51, (2, 1, 224, 224))
+    labels[:, :, :40] = 1000  # ignored rows (e.g. padding)
+    samples = []
+    for label in labels:
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=label)
+        samples.append(sample)
+    loss = head.loss_by_feat(logits, samples)["loss_ce"]
+    small = torch.nn.functional.interpolate(labels.float(), size=(28, 28), mode="nearest").long()[:, 0]
+    up = torch.nn.functional.interpolate(logits, size=(28, 28), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.cross_entropy(up, small, ignore_index=1000)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    head.downsample_label_ratio = 0  # MMSegmentation 1.x's FCNHead: the loss at the labels' 224 x 224
+    assert head.loss_by_feat(logits, samples)["loss_ce"].item() != pytest.approx(expected.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="downsample_label_ratio must be an integer >= 0"):
+        MODELS.build(dict(head_cfg, downsample_label_ratio=0.125))
 
 
 # ------------------------------------------------------ layer-wise lr decay

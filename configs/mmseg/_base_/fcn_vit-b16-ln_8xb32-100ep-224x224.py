@@ -53,6 +53,9 @@ model = dict(
         # --cfg-options model.backbone.init_cfg.checkpoint=PATH.
         init_cfg=dict(type='Pretrained', checkpoint='pretrain/vit-base-p16_mmseg.pth')),
     decode_head=dict(
+        # FCNHead with 0.x's downsample_label_ratio, which MMSegmentation 1.x dropped
+        # (dgn_plugins.openmmlab.imagenet_s.ImageNetSFCNHead).
+        type='ImageNetSFCNHead',
         in_channels=768,
         channels=768,
         num_convs=0,
@@ -64,9 +67,9 @@ model = dict(
         # AdamW barely sees the difference, a per-batch scale). Our FCN-R50
         # ImageNet-S configs do the same.
         loss_decode=dict(avg_non_ignore=True),
-        # 0.x's decode head also had downsample_label_ratio=8 (the loss on
-        # 28 x 28 labels, as the official code): MMSegmentation 1.x has no such
-        # option, so the loss is taken on the full 224 x 224 labels.
+        # The loss on labels nearest-downsampled by 8 (28 x 28 for a 224 crop), the
+        # logits resized to them: 0.x's setting, as the official code does.
+        downsample_label_ratio=8,
         init_cfg=dict(type='TruncNormal', std=2e-5, override=dict(name='conv_seg'))),
     auxiliary_head=None)
 
