@@ -331,3 +331,15 @@ def test_shrunken_dgn_config_regroups_and_resumes_through_mmsegs_train_py(tmp_pa
     again = records(work_dir)
     assert again[:4] == first[:4]  # the regroups up to the checkpoint kept, the later ones made again
     assert [r["step"] for r in again] == steps
+
+
+def test_our_train_py_runs_the_shrunken_dgn_config_and_checks_its_checkpoint(tmp_path, tiny_imagenet_s50):
+    """tools/train.py (ours) on the same shrunken DGN config: the converted checkpoint passes its norm-key check."""
+    from dgn_plugins.openmmlab import DGNRegroupHook, launcher
+
+    config = shrunken_config(tmp_path, "dgn", tiny_imagenet_s50, epochs=1)
+    runner = launcher.main([config, "--work-dir", str(tmp_path / "work")])
+    assert any(isinstance(hook, DGNRegroupHook) for hook in runner.hooks)
+    assert [r["step"] for r in records(str(tmp_path / "work"))] == [1]  # 10% of 2 iterations rounds to 1, stop 1
+    layers = [m for m in runner.model.modules() if isinstance(m, TokenDynamicGroupNorm)]
+    assert len(layers) == 2 * 4 + 1 and all(int(m.num_stat_updates) == 2 for m in layers)
