@@ -25,7 +25,8 @@ __all__ = ["NormKeyMismatchError", "norm_key_mismatch", "checkpoints_to_load", "
            "norm_key_problems"]
 
 #: What a refused run can do, in every message.
-ADVICE = ("Those norm weights would be dropped silently; convert the checkpoint's keys or use a norm type whose "
+ADVICE = ("Those norm weights would be dropped silently; convert the checkpoint's keys (MAE / TEC / iBOT ViTs: "
+          "tools/convert_vit.py) or use a norm type whose "
           "layers carry the checkpoint's names (LN checkpoints: TokenDGN, named ln1/ln2 like LN); "
           "tools/train.py --allow-norm-key-mismatch loads it anyway")
 
