@@ -87,7 +87,7 @@ $(STAMP): setup.py $(STACK_REQUIREMENTS) requirements/build.txt requirements/too
 	# (torch asks for >=77), which drops pkg_resources; mmengine imports it to
 	# resolve `mmdet::`/`mmseg::` config inheritance. Pin it back, last.
 	$(PIP) install -q "setuptools<70"
-	cd $(SRC) && $(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, mmpretrain, dgn_plugins, shapely, imagecorruptions"
+	cd $(SRC) && $(PY) -c "import pkg_resources, mmcv.ops, mmdet, mmseg, mmpretrain, dgn_plugins, shapely, timm, imagecorruptions"
 	$(PY) -c "import torch, torchvision, detectron2._C; from detectron2 import model_zoo; \
 	  from torchvision.ops import nms; nms(torch.zeros(1, 4), torch.ones(1), 0.5); \
 	  model_zoo.get_config_file('Misc/mask_rcnn_R_50_FPN_3x_gn.yaml'); \

@@ -81,7 +81,10 @@ def dropped_norm_keys(model: nn.Module, missing: Iterable[str], unexpected: Iter
     missing, unexpected = set(missing), list(unexpected)
     incorrect = set(incorrect_shapes)
     state = model.state_dict()
-    loaded = {k for k in state if k not in missing and k not in incorrect}
+    # DGN layers accept a checkpoint without their grouping buffers (GN's grouping), so those are never missing:
+    # they say nothing about what the checkpoint covers.
+    loaded = {k for k in state if k not in missing and k not in incorrect
+              and k.rpartition(".")[2] not in _GROUPING_BUFFERS}
     norms = model_norm_keys(model)
     dropped = []
     for key in norms:

@@ -9,6 +9,8 @@ Your own ``train_net.py``: ``class Trainer(DGNMixin, DefaultTrainer)``.
 Pieces for custom code: :func:`build_model` (``"DGN"`` norms resolved, see
 :mod:`.norm` for why resolution and not a patch of ``get_norm``),
 :class:`DGNNorm` (a ``get_norm`` callable, also for LazyConfigs),
+:class:`TokenDGNNorm` (a ViT ``norm_layer``: ``TokenDynamicGroupNorm``),
+:func:`check_norm_keys_on_load` (a checkpointer that names the norm keys it cannot place),
 :class:`DGNRegroupHook` and :func:`insert_regroup_hook`. ``import dgn_plugins``
 never imports this package: Detectron2 is optional.
 """
@@ -20,10 +22,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "(see docs/detectron2.md): " + str(error)
     ) from error
 
+from .checkpoint import check_norm_keys_on_load
 from .config import add_dgn_config, dgn_layer_options, regroup_options
 from .data import register_synthetic_coco
 from .hook import DGNRegroupHook, insert_regroup_hook
-from .norm import DGN, DGNNorm, UnknownNormError, build_model, dgn_norm_keys, resolve_dgn_norms
+from .norm import DGN, DGNNorm, TokenDGNNorm, UnknownNormError, build_model, dgn_norm_keys, resolve_dgn_norms
 from .trainer import DGNMixin, DGNTrainer, setup_dgn_logger, with_regroup_hook
 
 __all__ = [
@@ -32,9 +35,11 @@ __all__ = [
     "DGNRegroupHook",
     "DGNMixin",
     "DGNTrainer",
+    "TokenDGNNorm",
     "UnknownNormError",
     "add_dgn_config",
     "build_model",
+    "check_norm_keys_on_load",
     "dgn_layer_options",
     "dgn_norm_keys",
     "insert_regroup_hook",

@@ -33,6 +33,7 @@ from detectron2.utils import comm
 from ..cli import ToolParser, existing_file, integer, output_dir
 from ..errors import ConfigError
 from . import lazy
+from .checkpoint import check_norm_keys_on_load
 from .config import add_dgn_config
 from .data import register_datasets_of
 from .lazy import ddp_device_kwargs
@@ -63,6 +64,9 @@ def parse_args(argv: Optional[List[str]] = None):
             if action.dest == "config_file":
                 action.default = None
     parser.add_argument("--work-dir", type=output_dir, help="output folder (sets OUTPUT_DIR / train.output_dir)")
+    parser.add_argument("--allow-norm-key-mismatch", action="store_true",
+                        help="load MODEL.WEIGHTS / train.init_checkpoint even where its normalisation keys do not "
+                             "match the model's (a WARNING names them); by default the run stops")
     parser.add_check(lambda args: None if args.config_file else "a config file is required: --config-file CONFIG")
     return parser.parse_args(argv)
 
@@ -135,14 +139,21 @@ def setup_yacs(args):
     return cfg
 
 
+def _checked(checkpointer, where: str, args):
+    """``checkpointer``, stopping at a checkpoint that leaves norm weights behind (:mod:`.checkpoint`)."""
+    return check_norm_keys_on_load(checkpointer, where, allow_mismatch=args.allow_norm_key_mismatch)
+
+
 def run_yacs(args):
     cfg = setup_yacs(args)
     if args.eval_only:
         model = DGNTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = _checked(DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR), "MODEL.WEIGHTS", args)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return DGNTrainer.test(cfg, model)
     with cpu_ddp():
         trainer = DGNTrainer(cfg)
+    _checked(trainer.checkpointer, "MODEL.WEIGHTS", args)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()  # only with TEST.EXPECTED_RESULTS; else the EvalHook's last results:
     return results if results is not None else getattr(trainer, "_last_eval_results", None)
@@ -185,9 +196,9 @@ def run_lazy(args):
     if args.eval_only:
         model = lazy.build_model(cfg)
         model = create_ddp_model(model, **ddp_device_kwargs(model))
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        _checked(DetectionCheckpointer(model), "train.init_checkpoint", args).load(cfg.train.init_checkpoint)
         return lazy.test(cfg, model)
-    return lazy.train(cfg, resume=args.resume)
+    return lazy.train(cfg, resume=args.resume, allow_norm_key_mismatch=args.allow_norm_key_mismatch)
 
 
 # ---------------------------------------------------------------- entry

@@ -32,7 +32,9 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
 from ..grouping import DGNOptionError
+from ..training.model import name_layers
 from ..training.records import RECORDS_FILE
+from .checkpoint import check_norm_keys_on_load
 from .hook import DGNRegroupHook, insert_regroup_hook
 
 __all__ = ["regroup_hook_from_lazy", "train", "test", "build_model", "ddp_device_kwargs"]
@@ -84,30 +86,36 @@ def _with_default_records_file(spec, output_dir: Optional[str]):
 
 
 def build_model(cfg) -> torch.nn.Module:
-    """``instantiate(cfg.model)`` on ``train.device``; DGN options a layer cannot meet name its module path."""
+    """``instantiate(cfg.model)`` on ``train.device``; DGN options a layer cannot meet, and a layer given the
+    other layout, name its module path."""
     try:
         model = instantiate(cfg.model)
     except DGNOptionError as error:
         raise DGNOptionError(_explain_infeasible(cfg.model, error)) from None
+    name_layers(model)  # a layout error in the first forward names its layer
     model.to(cfg.train.device)
     return model
 
 
 def _explain_infeasible(model_cfg, error: Exception) -> str:
-    """Build ``model_cfg`` again with every ``L(DGNNorm)`` turned into a probe, to find the failing layers."""
+    """Build ``model_cfg`` again with every ``L(DGNNorm)`` / ``L(TokenDGNNorm)`` turned into a probe, to find the
+    failing layers."""
+    from detectron2.utils.registry import locate
     from omegaconf import ListConfig
 
     from ..feasibility import describe_infeasible, infeasible_layers
-    from .norm import DGNNorm, ProbeNorm
+    from .norm import PROBE_NORMS
 
-    probe, slots = copy.deepcopy(model_cfg), []
+    probe, slots = copy.deepcopy(model_cfg), {}
 
     def swap(node, path: str) -> None:
         if isinstance(node, DictConfig):
             target = node.get("_target_")
-            if target is DGNNorm or (isinstance(target, str) and target.endswith(".DGNNorm")):
-                node["_target_"] = ProbeNorm
-                slots.append(path)
+            if isinstance(target, str) and target.rpartition(".")[2] in {cls.__name__ for cls in PROBE_NORMS}:
+                target = locate(target)
+            if target in PROBE_NORMS:
+                node["_target_"] = PROBE_NORMS[target]
+                slots.setdefault(target.__name__, []).append(path)
             for key in list(node.keys()):
                 swap(node[key], f"{path}.{key}")
         elif isinstance(node, ListConfig):
@@ -119,7 +127,8 @@ def _explain_infeasible(model_cfg, error: Exception) -> str:
         layers = infeasible_layers(instantiate(probe))
     except Exception:  # the probe build is a courtesy: keep the original message
         layers = []
-    return describe_infeasible(layers, f"the L(DGNNorm) options of {', '.join(slots)}") if layers else str(error)
+    where = "; ".join(f"the L({name}) options of {', '.join(paths)}" for name, paths in slots.items())
+    return describe_infeasible(layers, where) if layers else str(error)
 
 
 def test(cfg, model):
@@ -131,9 +140,11 @@ def test(cfg, model):
     return results
 
 
-def train(cfg, resume: bool = False):
+def train(cfg, resume: bool = False, allow_norm_key_mismatch: bool = False):
     """``lazyconfig_train_net.do_train`` with :class:`DGNRegroupHook` before the checkpointer.
 
+    ``train.init_checkpoint`` must fill the norm layers of the parts it loads
+    (:mod:`.checkpoint`; ``allow_norm_key_mismatch``: a WARNING instead).
     Returns the results of the last evaluation (None without an evaluator).
     """
     model = build_model(cfg)
@@ -145,7 +156,8 @@ def train(cfg, resume: bool = False):
 
     model = create_ddp_model(model, **{**ddp_device_kwargs(model), **cfg.train.ddp})
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = check_norm_keys_on_load(DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer),
+                                           "train.init_checkpoint", allow_mismatch=allow_norm_key_mismatch)
     last_results = {}
 
     def evaluate():

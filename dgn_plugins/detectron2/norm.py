@@ -23,11 +23,14 @@ from detectron2.modeling import build_model as _build_detectron2_model
 from torch import nn
 
 from ..errors import ConfigError
+from ..feasibility import ProbeGroupNorm, ProbeTokenNorm
 from ..grouping import DGNOptionError
 from ..layer import DynamicGroupNorm
+from ..token_layer import TokenDynamicGroupNorm
+from ..training.model import name_layers
 from .config import dgn_layer_options
 
-__all__ = ["DGN", "DGNNorm", "UnknownNormError", "accepted_norms", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]
+__all__ = ["DGN", "DGNNorm", "TokenDGNNorm", "UnknownNormError", "accepted_norms", "resolve_dgn_norms", "dgn_norm_keys", "build_model"]
 
 #: The config value that selects DGN, next to Detectron2's "BN", "GN", ...
 DGN = "DGN"
@@ -51,21 +54,36 @@ class DGNNorm:
         DynamicGroupNorm(32, 256, ...)
     """
 
+    #: The layer it builds.
+    layer = DynamicGroupNorm
+
     def __init__(self, num_groups: int = 32, **options) -> None:
         # Check the options now, not at the first layer deep inside a builder.
-        self.options = DynamicGroupNorm.check_options(num_groups=num_groups, **options)
+        self.options = self.layer.check_options(num_groups=num_groups, **options)
 
     def __call__(self, channels: int) -> nn.Module:
-        return DynamicGroupNorm(channels, **self.options)
+        return self.layer(channels, **self.options)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, DGNNorm) and self.options == other.options
+        return type(other) is type(self) and self.options == other.options
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted((k, repr(v)) for k, v in self.options.items())))
+        return hash((type(self).__name__, *sorted((k, repr(v)) for k, v in self.options.items())))
 
     def __repr__(self) -> str:
-        return "DGNNorm(" + ", ".join(f"{k}={v!r}" for k, v in self.options.items()) + ")"
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in self.options.items()) + ")"
+
+
+class TokenDGNNorm(DGNNorm):
+    """A ``norm_layer`` for transformers (Detectron2's ``ViT``): ``TokenDGNNorm(**options)(dim)`` ->
+    ``TokenDynamicGroupNorm``, channels last, as ``partial(nn.LayerNorm, eps=1e-6)`` is.
+
+    In a LazyConfig: ``model.backbone.net.norm_layer = L(TokenDGNNorm)(num_groups=32, eps=1e-6)``
+    (``configs/detectron2/mask_rcnn_vitdet_b_dgn_lazy.py``). The layers are named as the
+    LayerNorms they replace (``norm1``, ``norm2``), so LN checkpoints load.
+    """
+
+    layer = TokenDynamicGroupNorm
 
 
 def dgn_norm_keys(cfg: CfgNode, prefix: str = "") -> list:
@@ -181,15 +199,25 @@ def _explain_infeasible(cfg: CfgNode, error: Exception) -> str:
 
 
 class ProbeNorm:
-    """``DGNNorm``'s signature, building :class:`~dgn_plugins.feasibility.ProbeGroupNorm` layers."""
+    """``DGNNorm``'s signature, building the layer's probe (:mod:`dgn_plugins.feasibility`)."""
+
+    probe = ProbeGroupNorm
 
     def __init__(self, num_groups: int = 32, **options) -> None:
         self.options = dict(options, num_groups=num_groups)
 
     def __call__(self, channels: int) -> nn.Module:
-        from ..feasibility import ProbeGroupNorm
+        return self.probe(channels, **self.options)
 
-        return ProbeGroupNorm(channels, **self.options)
+
+class TokenProbeNorm(ProbeNorm):
+    """``TokenDGNNorm``'s signature, building :class:`~dgn_plugins.feasibility.ProbeTokenNorm` layers."""
+
+    probe = ProbeTokenNorm
+
+
+#: The probe factory of each norm factory.
+PROBE_NORMS = {DGNNorm: ProbeNorm, TokenDGNNorm: TokenProbeNorm}
 
 
 def build_model(cfg: CfgNode) -> nn.Module:
@@ -201,7 +229,7 @@ def build_model(cfg: CfgNode) -> nn.Module:
     meet a :class:`~dgn_plugins.grouping.DGNOptionError` with its module path.
     """
     try:
-        return _build_detectron2_model(resolve_dgn_norms(cfg))
+        model = _build_detectron2_model(resolve_dgn_norms(cfg))
     except DGNOptionError as error:
         raise DGNOptionError(_explain_infeasible(cfg, error)) from None
     except KeyError as error:
@@ -210,3 +238,5 @@ def build_model(cfg: CfgNode) -> nn.Module:
         if not keys:
             raise
         raise UnknownNormError(_unknown_norm_message(keys, value)) from None
+    name_layers(model)  # a layout error in the first forward names its layer
+    return model

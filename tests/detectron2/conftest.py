@@ -22,6 +22,7 @@ REQUIREMENTS = [
     ("mmengine", "mmengine (the cross-toolkit corruption test)"),
     ("mmcv.transforms", "mmcv (the cross-toolkit corruption test)"),
     ("shapely", "shapely (the LazyConfig example's FixedSizeCrop)"),
+    ("timm", "timm (Detectron2's ViT, in the ViTDet config: requirements/detectron2.txt)"),
 ]
 
 
