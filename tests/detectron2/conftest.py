@@ -7,6 +7,7 @@ file loads and a missing piece stops the run with its name, and a test or
 module that skips anyway is reported as failed.
 """
 import importlib
+import logging
 import os
 
 import pytest
@@ -94,3 +95,15 @@ def synthetic_coco_root(tmp_path_factory):
             os.environ.pop("DGN_SYNTHETIC_COCO", None)
         else:
             os.environ["DGN_SYNTHETIC_COCO"] = previous
+
+
+@pytest.fixture
+def captured_launcher(capsys):
+    """``capsys`` for a launcher run, without leaving log handlers on its streams: Detectron2's ``setup_logger``
+    binds a handler to the ``sys.stdout`` of the moment, which ``capsys`` closes after the test, and a later test's
+    log line there would print a logging error."""
+    names = ("", "detectron2", "fvcore", "dgn_plugins")
+    before = {name: list(logging.getLogger(name).handlers) for name in names}
+    yield capsys
+    for name in names:
+        logging.getLogger(name).handlers[:] = before[name]

@@ -84,3 +84,26 @@ def test_norm_typo_is_one_error_line_from_tools_train_py(tmp_path):
     assert errors == [
         "error: MODEL.FPN.NORM = 'DNG' is not a norm Detectron2 knows. Did you mean 'DGN'? Accepted: '', 'BN', "
         "'SyncBN', 'FrozenBN', 'GN', 'nnSyncBN', 'naiveSyncBN', 'naiveSyncBN_N', 'LN', 'DGN'."]
+
+
+def test_weights_with_other_norm_names_stop_in_one_line(synthetic_coco_root, tmp_path, captured_launcher):
+    """MODEL.WEIGHTS whose stem norm is saved under another name: Detectron2 would log it and train on."""
+    from d2_support import load_cfg
+
+    from dgn_plugins.detectron2 import build_model
+    from dgn_plugins.launch import cli  # what tools/train.py runs
+
+    model = build_model(load_cfg(DEMO_DGN))
+    state = {k.replace("stem.conv1.norm.", "stem.conv1.bn."): v for k, v in model.state_dict().items()}
+    weights = tmp_path / "renamed.pth"
+    torch.save({"model": state}, weights)
+    output_dir = tmp_path / "out"
+    status = cli([DEMO_DGN, *_tiny_opts(output_dir), "MODEL.WEIGHTS", str(weights)])
+    err = captured_launcher.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert (f"checkpoint {weights} (MODEL.WEIGHTS) does not match the model's normalisation layers: the model's "
+            "backbone.bottom_up.stem.conv1.norm.weight, backbone.bottom_up.stem.conv1.norm.bias not in the checkpoint; "
+            "the checkpoint's backbone.bottom_up.stem.conv1.bn.weight, backbone.bottom_up.stem.conv1.bn.bias not in the "
+            "model") in line
+    assert not list(output_dir.glob("model_*.pth"))  # nothing trained

@@ -28,6 +28,7 @@ from dgn_plugins.detectron2 import (  # noqa: E402
     DGNNorm,
     add_dgn_config,
     build_model,
+    check_norm_keys_on_load,
     dgn_layer_options,
     dgn_norm_keys,
     resolve_dgn_norms,
@@ -252,7 +253,7 @@ def test_gn_model_zoo_checkpoint_loads_and_dgn_equals_gn_at_init(tmp_path):
 
     torch.manual_seed(1)  # different random init, so only the checkpoint can make them agree
     dgn_model = build_model(load_cfg(DEMO_DGN)).eval()
-    DetectionCheckpointer(dgn_model).load(str(path))
+    check_norm_keys_on_load(DetectionCheckpointer(dgn_model), "MODEL.WEIGHTS").load(str(path))  # every norm key fits
     with torch.no_grad():
         gn_out = gn_model(_first_image_batch())[0]["instances"]
         dgn_out = dgn_model(_first_image_batch())[0]["instances"]
@@ -293,7 +294,8 @@ def test_gn_imagenet_catalog_checkpoint_loads_into_dgn_backbone(tmp_path):
     with open(tmp_path / "R-50-GN.pkl", "wb") as f:
         pickle.dump(blobs, f)  # ImageNet models are a plain name -> array dict
     dgn_model = build_model(load_cfg(path, opts))
-    DetectionCheckpointer(dgn_model).load(str(tmp_path / "R-50-GN.pkl"))
+    # The backbone alone, under Caffe2 names: no norm left behind (the FPN's and heads' are fresh, as their convs).
+    check_norm_keys_on_load(DetectionCheckpointer(dgn_model), "MODEL.WEIGHTS").load(str(tmp_path / "R-50-GN.pkl"))
     dgn_state = dgn_model.state_dict()
     for name, value in gn_model.state_dict().items():
         if name.startswith("backbone.bottom_up."):

@@ -103,18 +103,6 @@ def tiny_cfg(tiny_path, norm_layer=None):
 LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)  # ViTDet's own norm_layer
 
 
-@pytest.fixture
-def captured_launcher(capsys):
-    """``capsys`` for a launcher run, without leaving log handlers on its streams: Detectron2's ``setup_logger``
-    binds a handler to the ``sys.stdout`` of the moment, which ``capsys`` closes after the test, and a later test's
-    log line there would print a logging error."""
-    names = ("", "detectron2", "fvcore", "dgn_plugins")
-    before = {name: list(logging.getLogger(name).handlers) for name in names}
-    yield capsys
-    for name in names:
-        logging.getLogger(name).handlers[:] = before[name]
-
-
 def token_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, TokenDynamicGroupNorm)]
 
