@@ -382,7 +382,8 @@ class DynamicGroupNorm(DynamicGrouping, nn.GroupNorm):
     def _forward(self, input: Tensor) -> Tensor:
         if input.dim() < 2 or input.shape[1] != self.num_channels:
             raise LayoutError(wrong_layout(self, input, f"channels first (N, {self.num_channels}, *)",
-                                          "TokenDGN / TokenDynamicGroupNorm", input.shape[-1] == self.num_channels))
+                                          "TokenDGN / TokenDynamicGroupNorm",
+                                          input.dim() > 0 and input.shape[-1] == self.num_channels))
         # Parameters and buffers straight from their dicts: nn.Module.__getattr__ would cost a few
         # microseconds per layer and step. In training the same call updates the running statistics.
         buffers, parameters = self._buffers, self._parameters

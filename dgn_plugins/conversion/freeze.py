@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import assignment_matrix, dynamic_group_norm, dynamic_group_norm_with_stats, group_norm_by_assignment
-from ..layer import DynamicGroupNorm
+from ..layer import DynamicGroupNorm, LayoutError, wrong_layout
 from ..token_layer import TokenDynamicGroupNorm, check_tokens, from_channels_first, to_channels_first
 from .convert import _copy_affine
 
@@ -69,6 +69,7 @@ class FrozenDynamicGroupNorm(nn.Module):
         frozen = cls(layer.group_id.detach().clone(), layer.num_groups, layer.eps, layer.affine,
                      device=layer.group_id.device, dtype=reference.dtype if layer.affine else None)
         _copy_affine(layer, frozen)
+        _keep_name(layer, frozen)
         return frozen
 
     def forward(self, input: Tensor) -> Tensor:
@@ -78,6 +79,10 @@ class FrozenDynamicGroupNorm(nn.Module):
 
     @torch.jit.unused
     def _python_forward(self, input: Tensor) -> Tensor:
+        if input.dim() < 2 or input.shape[1] != self.num_channels:  # as DynamicGroupNorm's
+            raise LayoutError(wrong_layout(self, input, f"channels first (N, {self.num_channels}, *)",
+                                           "TokenDGN / TokenDynamicGroupNorm",
+                                           input.dim() > 0 and input.shape[-1] == self.num_channels))
         return dynamic_group_norm(input, self.group_id, self.num_groups, self.weight, self.bias, self.eps,
                                   self.group_count)
 
@@ -109,6 +114,7 @@ class FrozenTokenDynamicGroupNorm(FrozenDynamicGroupNorm):
         frozen = cls(layer.group_id.detach().clone(), layer.num_groups, layer.over, layer.eps, layer.affine,
                      device=layer.group_id.device, dtype=reference.dtype if layer.affine else None)
         _copy_affine(layer, frozen)
+        _keep_name(layer, frozen)
         return frozen
 
     def forward(self, input: Tensor) -> Tensor:
@@ -128,6 +134,12 @@ class FrozenTokenDynamicGroupNorm(FrozenDynamicGroupNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", over={self.over!r}"
+
+
+def _keep_name(layer, frozen) -> None:
+    """The module path a layer learned (``name_layers``), for the frozen layer's layout errors."""
+    if getattr(layer, "layer_name", ""):
+        frozen.layer_name = layer.layer_name
 
 
 def _layer_norm_from(layer: TokenDynamicGroupNorm) -> nn.LayerNorm:

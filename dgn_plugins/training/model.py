@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
+from ..conversion.freeze import FrozenDynamicGroupNorm
 from ..layer import DynamicGrouping
 from ..regrouping.policy import RegroupPolicy
 from ..regrouping.rule import RegroupReport
@@ -27,9 +28,11 @@ def name_layers(model: nn.Module) -> int:
     """Tell every DGN layer its module path (``layer_name``), so that its errors name it; returns how many.
 
     A layer cannot see where it sits in a model; the controller, the hooks and
-    the launchers call this once the model exists.
+    the launchers call this once the model exists. Frozen layers (``freeze``)
+    are named too: they keep DGN's layout check.
     """
-    layers = dgn_layers(model)
+    layers = [(_clean_name(n), m) for n, m in model.named_modules()
+              if isinstance(m, (DynamicGrouping, FrozenDynamicGroupNorm))]
     for name, layer in layers:
         layer.layer_name = name
     return len(layers)
