@@ -185,6 +185,7 @@ def load_torch_file(path, extra_globals=()):
             return torch.load(path, map_location="cpu", weights_only=False,
                               pickle_module=_restricted_pickle_module(extra_globals))
     allowed = list(numpy_globals()) + list(extra_globals)
+    process_wide = compat.get_safe_globals()
     try:
         with compat.safe_globals(allowed), warnings.catch_warnings():
             # torch warns about the protocol of any non-torch pickle; the refusal below says what matters
@@ -192,6 +193,10 @@ def load_torch_file(path, extra_globals=()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeFileError(_one_line(error)) from None
+    finally:
+        # torch's safe_globals drops its entries on exit, those allowed process-wide before it too (MMEngine's,
+        # which a launcher allow-lists for MMEngine's own loads): put them back.
+        compat.add_safe_globals(process_wide)
 
 
 def _restricted_pickle_module(extra_globals) -> types.ModuleType:

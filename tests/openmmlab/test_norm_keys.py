@@ -113,3 +113,18 @@ def test_launcher_refuses_other_norm_names_unless_allowed(tmp_path):
     assert runner.cfg.load_from == checkpoint
     text = "\n".join(p.read_text() for p in (tmp_path / "work").rglob("*.log"))  # the runner's log file
     assert "loading it anyway (--allow-norm-key-mismatch)" in text and "backbone.ln1.weight" in text
+
+
+def test_reading_a_checkpoint_keeps_the_process_wide_allow_list(tmp_path):
+    """The launcher reads load_from before MMEngine does: MMEngine's types must stay allow-listed for its own load
+    (torch's safe_globals context drops its entries on exit, also those allowed before it)."""
+    from dgn_plugins import compat
+    from dgn_plugins.openmmlab import allow_checkpoint_types
+
+    if not allow_checkpoint_types():
+        pytest.skip("this torch loads without weights_only by default: there is no allow-list to keep")
+    before = compat.get_safe_globals()
+    model = backbone()
+    assert check_checkpoint_norm_keys(model, save(tmp_path, {"state_dict": model.state_dict()})) == 1
+    after = compat.get_safe_globals()
+    assert [g for g in before if g not in after] == []
