@@ -117,13 +117,28 @@ def reference_forward(
         shift = shift + bias.double()
     centred = x.to(stats_dtype) - _per_channel(pivot, ndim)
     y = centred * _per_channel(scale.to(stats_dtype), ndim) + _per_channel(shift.to(stats_dtype), ndim)
-    y = y.to(dtype=x.dtype, memory_format=output_memory_format(x))
+    y = in_output_layout(y, x)
     return (y, channel_mean.to(stats_dtype), channel_var.to(stats_dtype), group_mean.to(stats_dtype),
             group_rstd.to(stats_dtype))
 
 
+def channels_last_strides(x: Tensor) -> bool:
+    """Whether (N, C, *) is stored as (N, *, C), as the native kernels walk channels last: channels-last
+    2d / 3d tensors, and a transformer's (B, L, C) tokens viewed as (B, C, L) (the token layer's sequence
+    domain)."""
+    if x.dim() < 3 or x.stride(1) != 1:
+        return False
+    expected = x.shape[1]
+    for d in range(x.dim() - 1, 1, -1):
+        if x.shape[d] != 1 and x.stride(d) != expected:
+            return False
+        expected *= x.shape[d]
+    return x.shape[0] == 1 or x.stride(0) == expected
+
+
 def output_memory_format(x: Tensor) -> torch.memory_format:
-    """The memory format outputs keep: channels-last inputs give channels-last outputs.
+    """The memory format outputs keep: channels-last inputs give channels-last outputs, (B, C, L) views of
+    (B, L, C) tokens give outputs of the same strides (``preserve_format``, x being dense).
 
     Dynamo before torch 2.3 (which traces this plain formulation) cannot trace ``is_contiguous``: there the
     elementwise result keeps the input's layout (``preserve_format``)."""
@@ -134,7 +149,19 @@ def output_memory_format(x: Tensor) -> torch.memory_format:
             return torch.channels_last
         if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
             return torch.channels_last_3d
+        if channels_last_strides(x):
+            return torch.preserve_format
     return torch.contiguous_format
+
+
+def in_output_layout(t: Tensor, x: Tensor) -> Tensor:
+    """``t`` (x's shape) in x's dtype and the layout the operator's outputs keep (``output_memory_format``):
+    the plain formulation's outputs are laid out as the native kernels' and the fake kernels' are."""
+    memory_format = output_memory_format(x)
+    t = t.to(dtype=x.dtype, memory_format=memory_format)
+    if memory_format is torch.preserve_format and not compat.is_compiling() and t.stride() != x.stride():
+        t = torch.empty_like(x).copy_(t)  # x is dense here: its strides
+    return t
 
 
 def reference_backward(
@@ -183,7 +210,8 @@ def reference_backward(
         coef_const = (-rstd * mean_wdy)[:, group_id]
         grad_x = (dy * _per_channel(coef_dy.to(stats_dtype), ndim)
                   + centred * _per_channel(coef_centred.to(stats_dtype), ndim)
-                  + _per_channel(coef_const.to(stats_dtype), ndim)).to(x.dtype, memory_format=output_memory_format(x))
+                  + _per_channel(coef_const.to(stats_dtype), ndim))
+        grad_x = in_output_layout(grad_x, x)
     return grad_x, grad_weight, grad_bias
 
 

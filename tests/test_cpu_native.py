@@ -89,6 +89,28 @@ def test_matches_reference_and_plain_path(isa, dtype, affine):
                 torch.testing.assert_close(mine, theirs, atol=tol["plain_grad"][0], rtol=tol["plain_grad"][1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [24, 80, 200])
+def test_channels_last_matches_reference(isa, dtype, channels):
+    """The channels-last walk (its per-channel sums go in blocks of 4 vectors of channels, the rest one by one):
+    channel counts below, at and past a block for 4, 8 and 16 lanes, against the float64 reference."""
+    gen = torch.Generator().manual_seed(4)
+    tol = {torch.float32: dict(out=2e-6, grad=(2e-5, 1e-5)), torch.float64: dict(out=1e-12, grad=(1e-10, 1e-10))}[dtype]
+    groups = 4
+    ids = random_group_ids(channels, groups, channels // 8, channels // 2, gen)
+    weight, bias = torch.randn(channels, generator=gen, dtype=dtype), torch.randn(channels, generator=gen, dtype=dtype)
+    for shape in [(2, channels, 5, 13), (3, channels, 70)]:  # 70 positions: past a flush of the float sums
+        x = torch.randn(shape, generator=gen, dtype=dtype) * 2 - 1
+        x = x.to(memory_format=torch.channels_last) if x.dim() == 4 else x.transpose(1, 2).contiguous().transpose(1, 2)
+        grad = torch.randn(shape, generator=gen, dtype=dtype)
+        assert _C.walk_for(x, ids, groups) == "channels_last"
+        out, _, _, grads = run_backend("native", x, ids, groups, weight, bias, grad)
+        expected, expected_grads = reference_with_grads(x, ids, groups, weight, bias, grad)
+        torch.testing.assert_close(out.double(), expected, atol=tol["out"], rtol=0)
+        for mine, ref in zip(grads, expected_grads):
+            torch.testing.assert_close(mine.double(), ref, atol=tol["grad"][0], rtol=tol["grad"][1])
+
+
 def test_instruction_sets_agree():
     gen = torch.Generator().manual_seed(1)
     ids = random_group_ids(32, 4, 4, 12, gen)

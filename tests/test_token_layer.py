@@ -64,11 +64,11 @@ REFERENCES = {"token": token_reference, "sequence": sequence_reference}
 SHAPES = {"token": [(2, 7, 12), (3, 12), (2, 3, 4, 12), (12,)], "sequence": [(2, 7, 12), (3, 12), (2, 3, 4, 12)]}
 
 
-def _shuffled_layer(over, num_groups=3, seed=0, dtype=torch.float64):
-    layer = TokenDynamicGroupNorm(12, num_groups, over=over).to(dtype)
+def _shuffled_layer(over, num_groups=3, seed=0, dtype=torch.float64, channels=12):
+    layer = TokenDynamicGroupNorm(channels, num_groups, over=over).to(dtype)
     gen = torch.Generator().manual_seed(seed)
-    layer.set_group_ids(random_group_ids(12, num_groups, layer.bounds.size_min, layer.bounds.size_max, gen))
-    assert not torch.equal(layer.group_id, default_group_ids(12, num_groups))
+    layer.set_group_ids(random_group_ids(channels, num_groups, layer.bounds.size_min, layer.bounds.size_max, gen))
+    assert not torch.equal(layer.group_id, default_group_ids(channels, num_groups))
     with torch.no_grad():
         layer.weight.normal_(generator=gen)
         layer.bias.normal_(generator=gen)
@@ -139,13 +139,14 @@ def test_sequence_with_gn_grouping_is_group_norm_of_transposed_tokens(backend):
 @pytest.mark.parametrize("over", ["token", "sequence"])
 @pytest.mark.parametrize("offset", [0.0, 1000.0])  # a mean that dwarfs the spread: the sums must not cancel
 @pytest.mark.parametrize("tokens", [7, 70])  # 3 x 70 tokens: more than one work item of the native token walk
-def test_running_statistics_cover_batch_times_tokens(backend, over, offset, tokens):
-    layer = TokenDynamicGroupNorm(16, 4, over=over, momentum=0.25)
+@pytest.mark.parametrize("channels, groups", [(16, 4), (128, 1)])  # narrow and wide groups (two token walks)
+def test_running_statistics_cover_batch_times_tokens(backend, over, offset, tokens, channels, groups):
+    layer = TokenDynamicGroupNorm(channels, groups, over=over, momentum=0.25)
     mean_ema = var_ema = None
     for _ in range(3):
-        x = torch.randn(3, tokens, 16) * torch.rand(16) * 3 + torch.randn(16) + offset
+        x = torch.randn(3, tokens, channels) * torch.rand(channels) * 3 + torch.randn(channels) + offset
         layer(x)
-        flat = x.double().reshape(-1, 16)
+        flat = x.double().reshape(-1, channels)
         batch_mean, batch_var = flat.mean(0), flat.var(0, unbiased=False)
         mean_ema = batch_mean if mean_ema is None else 0.75 * mean_ema + 0.25 * batch_mean
         var_ema = batch_var if var_ema is None else 0.75 * var_ema + 0.25 * batch_var
@@ -258,23 +259,31 @@ def test_wrong_layout_names_the_layer_the_shape_and_the_layout(layer, shape, exp
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("shuffled", [False, True])
-def test_native_token_walk_matches_the_generic_walk(dtype, tol, shuffled):
+@pytest.mark.parametrize("channels, groups, walk", [(12, 3, "tokens"), (256, 2, "token_groups")])
+def test_native_token_walk_matches_the_generic_walk(dtype, tol, shuffled, channels, groups, walk):
+    """Output, gradients and the running statistics' update, for narrow and wide groups (two token walks)."""
     from dgn_plugins import ops
 
     if not ops.native_available():
         pytest.skip(ops.native_import_error())
     from dgn_plugins import _C
 
-    layer = _shuffled_layer("token", num_groups=3, dtype=dtype) if shuffled else TokenDynamicGroupNorm(12, 3).to(dtype)
-    x = (torch.randn(70, 12, dtype=dtype) * 2 + 3).requires_grad_()  # more tokens than one work item
-    grad = torch.randn(70, 12, dtype=dtype)
-    assert _C.walk_for(x, layer.group_id, 3) == "tokens"
+    layer = (_shuffled_layer("token", num_groups=groups, dtype=dtype, channels=channels) if shuffled
+             else TokenDynamicGroupNorm(channels, groups).to(dtype))
+    with torch.no_grad():  # parameters that are not the identity, so that a dropped one shows
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    x = (torch.randn(70, channels, dtype=dtype) * torch.rand(channels, dtype=dtype) * 2 + 3).requires_grad_()
+    grad = torch.randn(70, channels, dtype=dtype)  # 70 tokens: more than one work item
+    assert _C.walk_for(x, layer.group_id, groups) == walk
     results = []
     for token_walk in (True, False):
         _C.set_token_walk(token_walk)
+        layer.channel_mean_ema.zero_(), layer.channel_var_ema.fill_(1), layer.num_stat_updates.zero_()
         try:
             out = layer(x)
-            results.append((out, *torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)))
+            results.append((out, *torch.autograd.grad(out, (x, layer.weight, layer.bias), grad),
+                            layer.channel_mean_ema.clone(), layer.channel_var_ema.clone()))
         finally:
             _C.set_token_walk(True)
     for fast, generic in zip(*results):

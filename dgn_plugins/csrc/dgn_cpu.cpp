@@ -47,9 +47,12 @@ struct Passes {
   void (*last_affine)(const S*, S*, int64_t, int64_t, const T*, const T*, const T*);
   void (*last_grad_sums)(const S*, const S*, int64_t, int64_t, const T*, T*, double*, double*);
   void (*last_grad_input)(const S*, const S*, S*, int64_t, int64_t, const T*, const T*, const T*, const T*);
-  void (*token_param_sums)(const S*, const S*, int64_t, const T*, const T*, double*, double*);
+  void (*token_group_affine)(const S*, S*, int64_t, T, T, const T*, const T*, const S*, T*, T*);
+  void (*token_row_affine)(const S*, S*, int64_t, const T*, const T*, const T*, const S*, T*, T*);
+  void (*token_weighted_sums)(const S*, const T*, const S*, int64_t, T, double*, double*);
   void (*token_weighted)(const S*, const T*, int64_t, T*);
-  void (*token_column_sums)(const S*, const S*, int64_t, double*, double*);
+  void (*token_group_grad)(const S*, const S*, S*, int64_t, T, T, const T*, T, T, T*, T*);
+  void (*token_row_grad)(const S*, const S*, S*, int64_t, const T*, const T*, const T*, const T*, const T*, T*, T*);
 };
 
 struct RowKernels {
@@ -432,6 +435,11 @@ std::vector<T> in_group_order(const double* values, const Members& groups, doubl
 
 constexpr int64_t TOKEN_BLOCK = 64;  // tokens per work item: the sums of a block are combined in order
 
+// Whether a token's groups are walked one run at a time (token_group_*) or the row at once
+// (token_row_*; see dgn_passes.h): by the mean group size, in vectors of 16 floats.
+constexpr int64_t WIDE_GROUP = 64;
+bool wide_groups(int64_t channels, int64_t num_groups) { return channels >= WIDE_GROUP * num_groups; }
+
 template <typename S, typename T>
 std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, const c10::optional<at::Tensor>& weight,
                                        const c10::optional<at::Tensor>& bias, const int64_t* ids, const double* count,
@@ -459,34 +467,49 @@ std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, 
   S* ys = storage<S>(y);
   T* gm = group_mean.data_ptr<T>();
   T* gr = group_rstd.data_ptr<T>();
-  // The batch's channel statistics (the running statistics' update) in the same pass: sums about the
-  // first token per block of tokens, combined in block order.
+  // The batch's channel statistics (the running statistics' update) in the output pass: sums about the
+  // first token (in group order), in T within a block of tokens, then per block in double (group
+  // order), combined in block order.
   const int64_t blocks = (n + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
   std::vector<double> column(options.batch_stats ? blocks * 2 * channels : 0, 0.0);
+  std::vector<S> pivot_buffer(in_order ? 0 : channels);
+  const bool wide = wide_groups(channels, num_groups);
+  const S* pivot = in_group_order(xs, groups, in_order, pivot_buffer.data());
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     std::vector<S> gathered(in_order ? 0 : channels), out(in_order ? 0 : channels);
-    std::vector<T> center(channels), scale(channels);
-    for (int64_t block = block_begin; block < block_end; ++block)
-    for (int64_t i = block * TOKEN_BLOCK; i < std::min(n, (block + 1) * TOKEN_BLOCK); ++i) {
-      if (options.batch_stats)
-        p.token_column_sums(xs + i * channels, xs, channels, &column[block * 2 * channels],
-                            &column[block * 2 * channels + channels]);
-      const S* src = in_group_order(xs + i * channels, groups, in_order, gathered.data());
-      for (int64_t k = 0; k < num_groups; ++k) {
-        const int64_t first = groups.offsets[k], len = groups.size(k);
-        double mean = 0.0, var = 0.0;
-        if (len > 0) p.rows_moments(src + first, len, 1, &mean, &var);
-        const double rstd = 1.0 / std::sqrt(var + eps);
-        gm[i * num_groups + k] = T(mean);
-        gr[i * num_groups + k] = T(rstd);
-        for (int64_t j = first; j < first + len; ++j) {
-          center[j] = T(mean);
-          scale[j] = T(rstd) * w[j];
+    std::vector<T> block_column(options.batch_stats ? 2 * channels : 0);
+    std::vector<T> center(wide ? 0 : channels), scale(center.size());
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      std::fill(block_column.begin(), block_column.end(), T(0));
+      for (int64_t i = block * TOKEN_BLOCK; i < std::min(n, (block + 1) * TOKEN_BLOCK); ++i) {
+        const S* src = in_group_order(xs + i * channels, groups, in_order, gathered.data());
+        S* dst = in_order ? ys + i * channels : out.data();
+        for (int64_t k = 0; k < num_groups; ++k) {
+          const int64_t first = groups.offsets[k], len = groups.size(k);
+          double mean = 0.0, var = 0.0;
+          if (len > 0) p.rows_moments(src + first, len, 1, &mean, &var);
+          const double rstd = 1.0 / std::sqrt(var + eps);
+          gm[i * num_groups + k] = T(mean);
+          gr[i * num_groups + k] = T(rstd);
+          if (wide) {
+            T* sum1 = options.batch_stats ? block_column.data() + first : nullptr;
+            p.token_group_affine(src + first, dst + first, len, T(mean), T(rstd), w.data() + first,
+                                 b.data() + first, pivot + first, sum1, sum1 ? sum1 + channels : nullptr);
+          } else {
+            for (int64_t j = first; j < first + len; ++j) {
+              center[j] = T(mean);
+              scale[j] = T(rstd) * w[j];
+            }
+          }
         }
+        if (!wide) {
+          T* sum1 = options.batch_stats ? block_column.data() : nullptr;
+          p.token_row_affine(src, dst, channels, center.data(), scale.data(), b.data(), pivot, sum1,
+                             sum1 ? sum1 + channels : nullptr);
+        }
+        if (!in_order) scatter_from_group_order(out.data(), groups, ys + i * channels);
       }
-      S* dst = in_order ? ys + i * channels : out.data();
-      p.last_affine(src, dst, 1, channels, center.data(), scale.data(), b.data());
-      if (!in_order) scatter_from_group_order(out.data(), groups, ys + i * channels);
+      for (size_t j = 0; j < block_column.size(); ++j) column[block * 2 * channels + j] = double(block_column[j]);
     }
   });
   std::vector<at::Tensor> outs = {y, channel_mean, channel_var, group_mean, group_rstd};
@@ -494,12 +517,13 @@ std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, 
     at::Tensor batch_mean = at::empty({1, channels}, stats), batch_var = at::empty({1, channels}, stats);
     T* bm = batch_mean.data_ptr<T>();
     T* bv = batch_var.data_ptr<T>();
-    for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t j = 0; j < channels; ++j) {  // group order j, channel c
       double s1 = 0.0, s2 = 0.0;
       for (int64_t block = 0; block < blocks; ++block) {
-        s1 += column[block * 2 * channels + c];
-        s2 += column[block * 2 * channels + channels + c];
+        s1 += column[block * 2 * channels + j];
+        s2 += column[block * 2 * channels + channels + j];
       }
+      const int64_t c = groups.members[j];
       const double shift = s1 / double(n), v = s2 / double(n) - shift * shift;
       bm[c] = T(double(xs[c]) + shift);
       bv[c] = T(v > 0.0 ? v : 0.0);
@@ -526,6 +550,7 @@ std::vector<at::Tensor> backward_tokens(const at::Tensor& dy, const at::Tensor& 
   at::Tensor dx;
   if (needs_dx) dx = at::empty_like(x);
   const bool needs_params = needs_dweight || needs_dbias;
+  const bool wide = wide_groups(channels, num_groups);
   const int64_t blocks = (n + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
   std::vector<double> sums(needs_params ? blocks * 2 * channels : 0, 0.0);  // per block: sum_w, then sum_b
   const S* dys = storage<S>(dy);
@@ -533,46 +558,57 @@ std::vector<at::Tensor> backward_tokens(const at::Tensor& dy, const at::Tensor& 
   S* dxs = needs_dx ? storage<S>(dx) : nullptr;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<S> gathered_x(in_order ? 0 : channels), gathered_dy(gathered_x.size()), out(gathered_x.size());
-    std::vector<T> wdy(channels), center(channels), rstd(channels), coef_dy(channels), coef_x(channels),
-        coef_const(channels);
+    std::vector<T> block_sums(needs_params ? 2 * channels : 0);  // sum_w, then sum_b, in T within the block
+    std::vector<T> center(wide ? 0 : channels), rstd(center.size()), coef_dy(center.size()), coef_x(center.size()),
+        coef_const(center.size()), wdy(needs_dx ? center.size() : 0);
     for (int64_t block = begin; block < end; ++block) {
+      std::fill(block_sums.begin(), block_sums.end(), T(0));
       for (int64_t i = block * TOKEN_BLOCK; i < std::min(n, (block + 1) * TOKEN_BLOCK); ++i) {
         const S* x_row = in_group_order(xs + i * channels, groups, in_order, gathered_x.data());
         const S* dy_row = in_group_order(dys + i * channels, groups, in_order, gathered_dy.data());
+        S* dst = needs_dx ? (in_order ? dxs + i * channels : out.data()) : nullptr;
+        if (!wide && needs_dx) p.token_weighted(dy_row, w.data(), channels, wdy.data());
         for (int64_t k = 0; k < num_groups; ++k) {
           const int64_t first = groups.offsets[k], len = groups.size(k);
+          if (len == 0) continue;
           const double r = gr[i * num_groups + k];
           const T m = T(gm[i * num_groups + k]);
-          for (int64_t j = first; j < first + len; ++j) {
-            center[j] = m;
-            rstd[j] = T(r);
+          T cx = T(0), cc = T(0);
+          if (needs_dx) {
+            // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy (x - mean))
+            double sum_wdy = 0.0, sum_wdy_xc = 0.0;
+            if (wide) {
+              p.token_weighted_sums(dy_row + first, w.data() + first, x_row + first, len, m, &sum_wdy, &sum_wdy_xc);
+            } else {
+              p.rows_grad_sums(reinterpret_cast<const S*>(wdy.data() + first), x_row + first, len, 1, &m, &sum_wdy,
+                               &sum_wdy_xc);
+            }
+            // x_hat = (x - mean) r, so mean_k(w dy x_hat) = r sum_wdy_xc / |k|
+            cx = T(-r * r * r * sum_wdy_xc / double(len));
+            cc = T(-r * sum_wdy / double(len));
           }
-          if (!needs_dx || len == 0) continue;
-          // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy (x - mean))
-          p.token_weighted(dy_row + first, w.data() + first, len, wdy.data() + first);
-          double sum_wdy = 0.0, sum_wdy_xc = 0.0;
-          p.rows_grad_sums(reinterpret_cast<const S*>(wdy.data() + first), x_row + first, len, 1, &m, &sum_wdy,
-                           &sum_wdy_xc);
-          // x_hat = (x - mean) r, so mean_k(w dy x_hat) = r sum_wdy_xc / |k|
-          const T cx = T(-r * r * r * sum_wdy_xc / double(len)), cc = T(-r * sum_wdy / double(len));
-          for (int64_t j = first; j < first + len; ++j) {
-            coef_dy[j] = T(r) * w[j];
-            coef_x[j] = cx;
-            coef_const[j] = cc;
+          if (wide) {
+            T* sum_w = needs_params ? block_sums.data() + first : nullptr;
+            p.token_group_grad(dy_row + first, x_row + first, dst ? dst + first : nullptr, len, m, T(r),
+                               w.data() + first, cx, cc, sum_w, sum_w ? sum_w + channels : nullptr);
+          } else {
+            for (int64_t j = first; j < first + len; ++j) {
+              center[j] = m;
+              rstd[j] = T(r);
+              coef_dy[j] = T(r) * w[j];
+              coef_x[j] = cx;
+              coef_const[j] = cc;
+            }
           }
         }
-        if (needs_dx) {
-          S* dst = in_order ? dxs + i * channels : out.data();
-          p.last_grad_input(dy_row, x_row, dst, 1, channels, coef_dy.data(), center.data(), coef_x.data(),
-                            coef_const.data());
-          if (!in_order) scatter_from_group_order(out.data(), groups, dxs + i * channels);
+        if (!wide) {
+          T* sum_w = needs_params ? block_sums.data() : nullptr;
+          p.token_row_grad(dy_row, x_row, dst, channels, coef_dy.data(), center.data(), coef_x.data(),
+                           coef_const.data(), rstd.data(), sum_w, sum_w ? sum_w + channels : nullptr);
         }
-        if (needs_params) {
-          double* block_sums = &sums[block * 2 * channels];
-          p.token_param_sums(dy_row, x_row, channels, center.data(), rstd.data(), block_sums,
-                             block_sums + channels);
-        }
+        if (needs_dx && !in_order) scatter_from_group_order(out.data(), groups, dxs + i * channels);
       }
+      for (size_t j = 0; j < block_sums.size(); ++j) sums[block * 2 * channels + j] = double(block_sums[j]);
     }
   });
   std::vector<at::Tensor> result(3);
@@ -771,13 +807,33 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
 }
 
 // How the kernels walk `x`, or nullopt when it must be made NCHW-contiguous first.
+// Whether (N, C, *) is stored as (N, *, C): each sample's positions one after the other, each a run of
+// its channels. Channels-last 2d / 3d tensors are; so are a transformer's (B, L, C) tokens viewed as
+// (B, C, L) (the token layer's sequence domain).
+bool channels_last_strides(const at::Tensor& x) {
+  if (x.dim() < 3 || x.stride(1) != 1) return false;
+  int64_t expected = x.size(1);
+  for (int64_t d = x.dim() - 1; d >= 2; --d) {
+    if (x.size(d) != 1 && x.stride(d) != expected) return false;
+    expected *= x.size(d);
+  }
+  return x.size(0) == 1 || x.stride(0) == expected;
+}
+
 c10::optional<Shape> walk(const at::Tensor& x) {
   const int64_t n = x.size(0), channels = x.size(1), size = n * channels > 0 ? x.numel() / (n * channels) : 0;
   if (x.is_contiguous()) return Shape{n, channels, size, false};
-  if ((x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
-      (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)))
-    return Shape{n, channels, size, true};
+  if (channels_last_strides(x)) return Shape{n, channels, size, true};
   return c10::nullopt;
+}
+
+// `t` (x's shape and dtype) laid out as `x` is walked: NCHW-contiguous, or x's channels-last strides.
+at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& x) {
+  if (!walk(x)->last) return t.contiguous();
+  if (t.strides() == x.strides()) return t;
+  at::Tensor out = at::empty_like(x);  // dense: x's strides
+  out.copy_(t);
+  return out;
 }
 
 bool native_dtype(const at::Tensor& x) {
@@ -911,7 +967,7 @@ BackwardResult cpu_group_norm_backward(const Tensor& grad_y, const Tensor& input
   }
   const Tensor x = walkable(input);
   Tensor dy = grad_y.dim() == 2 ? grad_y.unsqueeze(-1) : grad_y;
-  dy = dy.to(x.scalar_type()).contiguous(walk(x)->last ? x.suggest_memory_format() : at::MemoryFormat::Contiguous);
+  dy = laid_out_like(dy.to(x.scalar_type()), x);
   const Tensor ids = group_id.to(at::kLong).contiguous();
   auto outs = backward_kernels(dy, x, weight, group_mean.contiguous(), group_rstd.contiguous(), ids, group_count,
                                num_groups, output_mask[0], output_mask[1], output_mask[2]);
@@ -1174,13 +1230,14 @@ ForwardResult autograd_group_norm(const Tensor& x, const Tensor& group_id, const
   return outs;
 }
 
-// How the kernels walk `input` under `group_id`: "channels_last", "tokens", "rows" or "groups" (for tests and
+// How the kernels walk `input` under `group_id`: "channels_last", "tokens" (the token walk, a row at a time),
+// "token_groups" (the token walk, a group's run at a time), "rows" or "groups" (for tests and
 // bench/bench_layer.py, which print it).
 std::string walk_for(const Tensor& input, const Tensor& group_id, int64_t num_groups) {
   const Tensor x = walkable(input);
   const Shape shape = *walk(x);
   if (shape.last) return "channels_last";
-  if (token_walk(shape, x.scalar_type())) return "tokens";
+  if (token_walk(shape, x.scalar_type())) return wide_groups(shape.channels, num_groups) ? "token_groups" : "tokens";
   const Tensor ids = group_id.to(at::kLong).contiguous();
   const Members groups(checked_group_ids(ids, shape.channels, num_groups), 1, shape.channels, num_groups);
   return group_walk(shape, x.element_size(), groups) ? "groups" : "rows";
@@ -1217,7 +1274,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("walk") = "auto");
   m.def("set_token_walk", [](bool on) { g_token_walk = on; return g_token_walk; },
         "Walk (N, C) float32 / float64 rows by tokens (True, the default) or as generic rows", py::arg("on") = true);
-  m.def("walk_for", &walk_for, "How the kernels walk an input under a grouping: 'rows', 'groups' or "
-        "'channels_last'", py::arg("input"), py::arg("group_id"), py::arg("num_groups"));
+  m.def("walk_for", &walk_for, "How the kernels walk an input under a grouping: 'rows', 'groups', "
+        "'channels_last', 'tokens' or 'token_groups'", py::arg("input"), py::arg("group_id"), py::arg("num_groups"));
   m.def("isa", []() { return g_isa; }, "Instruction set of the row loops in use");
 }
