@@ -1,25 +1,22 @@
 # A tiny FCN (ResNet-18 at a quarter of the width, dilated to output stride 8)
 # with GN in the backbone, the decode head and the auxiliary head, trained from
 # scratch on a generated shapes set in the ImageNet-S layout
-# (dgn_plugins/data/synthetic_seg.py: 64 px images, "others" + 4 shape
-# classes, RGB labels R + 256 * G with ignore = 1000, 240 train / 80 val, made
-# on first use). It runs the ImageNet-S code path: ImageNetSDataset,
-# LoadImageNetS{ImageFromFile,Annotations}, ImageNetSIoUMetric. About 40 s
+# (./_base_/imagenets_synthetic_64px.py: the data, shared with the ViT demo
+# fcn_tiny-vit_gn_demo.py). About 40 s
 # (GN) and 60 s (DGN) of CPU time with one torch thread; minutes of wall time
 # on a busy 2-core machine. Its DGN twin is fcn_tiny_dgn_demo.py.
 _base_ = [
     'mmseg::_base_/models/fcn_r50-d8.py',
     'mmseg::_base_/default_runtime.py',
+    './_base_/imagenets_synthetic_64px.py',
 ]
-custom_imports = dict(imports=['dgn_plugins.openmmlab.imagenet_s'], allow_failed_imports=False)
 
 # 8 groups: a regroup dissolves the top quarter, 2 groups, and reshuffles
 # their channels between them (with 4 groups it could only rebuild 1 group).
 norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
-classes = ('others', 'circle', 'square', 'triangle', 'cross')
-ignore_index = 1000
-image_size = 64
-crop_size = (image_size, image_size)
+classes = _base_.classes
+ignore_index = _base_.ignore_index
+crop_size = _base_.crop_size
 max_iters = 600
 
 model = dict(
@@ -46,54 +43,6 @@ model = dict(
         norm_cfg=norm_cfg,
         ignore_index=ignore_index,
         loss_decode=dict(avg_non_ignore=True)))
-
-# data: generated under data_root on first use (generate_if_missing)
-dataset_type = 'ImageNetSDataset'
-data_root = 'data/generated/imagenets_synthetic'
-train_pipeline = [
-    dict(type='LoadImageNetSImageFromFile'),
-    dict(type='LoadImageNetSAnnotations', downsample_large_label=True),
-    dict(type='RandomResize', scale=crop_size, ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75, ignore_index=ignore_index),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageNetSImageFromFile'),
-    dict(type='LoadImageNetSAnnotations'),
-    dict(type='PackSegInputs'),
-]
-# num_workers=0: on 2 cores a loader process makes torch's two threads wait
-# on each other (several times slower); loading 64 px images costs little.
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        subset=None,
-        metainfo=dict(classes=classes),
-        generate_if_missing=True,
-        data_root=data_root,
-        data_prefix=dict(img_path='train-semi', seg_map_path='train-semi-segmentation'),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        subset=None,
-        metainfo=dict(classes=classes),
-        generate_if_missing=True,
-        data_root=data_root,
-        data_prefix=dict(img_path='validation', seg_map_path='validation-segmentation'),
-        pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='ImageNetSIoUMetric', iou_metrics=['mIoU'], ignore_index=ignore_index)
-test_evaluator = val_evaluator
 
 # schedule: AdamW with a linear warm-up, then poly decay; one evaluation at the end
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=3e-3, weight_decay=1e-4))
