@@ -175,3 +175,27 @@ def test_scripts_print_one_line(tmp_path, marker, tool):
     assert done.returncode == 2
     _one_error_line(done.stderr, "error:", "refused", "builtins.exec")
     assert not marker.exists()
+
+
+class _Box:
+    def size(self):
+        return 1
+
+
+def _box_attribute(owner, name):
+    """The extra global this test allows for getattr: attributes of _Box only."""
+    if owner is not _Box:
+        raise pickle.UnpicklingError(f"getattr on {owner!r}")
+    return getattr(owner, name)
+
+
+def test_extra_globals_match_python2_names_of_protocol_2():
+    """torch 2.1 saves with pickle protocol 2, which writes a class's method as __builtin__.getattr(cls, name)
+    (MMEngine's HistoryBuffer.min in every checkpoint): an allowed (callable, "builtins.getattr") must match it."""
+    from dgn_plugins.data.safe_load import _restricted_pickle_module
+
+    data = pickle.dumps({"method": _Box.size}, protocol=2)
+    allowed = _restricted_pickle_module([_Box, (_box_attribute, "builtins.getattr")])
+    assert allowed.Unpickler(io.BytesIO(data)).load() == {"method": _Box.size}
+    with pytest.raises(UnsafeFileError, match=r"builtins\.getattr"):
+        _restricted_pickle_module([]).Unpickler(io.BytesIO(data)).load()

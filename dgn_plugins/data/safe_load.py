@@ -117,18 +117,20 @@ def _data_globals() -> Dict[Tuple[str, str], object]:
     return allowed
 
 
+def python3_name(module: str, name: str) -> Tuple[str, str]:
+    """A global's Python 3 name: protocol 2 writes Python 2's (``__builtin__.set``), mapped as pickle.Unpickler does."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 class DataUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the reconstructors of plain data (see the module doc)."""
 
     _allowed = None
 
     def find_class(self, module: str, name: str):
-        if module in _compat_pickle.IMPORT_MAPPING or (module, name) in _compat_pickle.NAME_MAPPING:
-            # Python 2 names (protocol 2 writes __builtin__.set), mapped as pickle.Unpickler does
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
+        module, name = python3_name(module, name)
         if DataUnpickler._allowed is None:
             DataUnpickler._allowed = _data_globals()
         try:
@@ -216,8 +218,9 @@ def _restricted_pickle_module(extra_globals) -> types.ModuleType:
 
     class Unpickler(DataUnpickler):
         def find_class(self, module: str, name: str):
-            if (module, name) in extra:
-                return extra[(module, name)]
+            key = python3_name(module, name)  # torch 2.1 saves with protocol 2: __builtin__.getattr
+            if key in extra:
+                return extra[key]
             return super().find_class(module, name)
 
     restricted = types.ModuleType("dgn_plugins_data_pickle")

@@ -86,6 +86,30 @@ def plain_group_norms(model):
     return [n for n, m in model.named_modules() if isinstance(m, nn.GroupNorm) and not isinstance(m, DynamicGroupNorm)]
 
 
+def tiny_heads_and_data(width: int, fc: int) -> str:
+    """LazyConfig lines shared by the tiny Mask R-CNNs: a `width`-channel pyramid and heads (box head fc of `fc`),
+    3 classes, the generated COCO data set at 64 px, batch 2, no workers (`L` and `T` imported by the config)."""
+    return f"""
+model.backbone.out_channels = {width}
+model.proposal_generator.head.in_channels = {width}
+model.roi_heads.num_classes = 3
+model.roi_heads.box_head.input_shape.channels = {width}
+model.roi_heads.box_head.conv_dims = [{width}, {width}]
+model.roi_heads.box_head.fc_dims = [{fc}]
+model.roi_heads.box_predictor.input_shape.channels = {fc}
+model.roi_heads.mask_head.input_shape.channels = {width}
+model.roi_heads.mask_head.conv_dims = [{width}, {width}]
+
+dataloader.train.dataset.names = "dgn_synthetic_coco_train"
+dataloader.test.dataset.names = "dgn_synthetic_coco_val"
+dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
+dataloader.train.total_batch_size = 2
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
+"""
+
+
 #: A tiny LazyConfig Mask R-CNN (R-18, DGN everywhere) on the generated data set, 2 iterations.
 TINY_LAZY = """
 import detectron2.data.transforms as T
@@ -105,24 +129,7 @@ model.backbone.bottom_up.stem.norm = model.backbone.bottom_up.stages.norm = _dgn
 model.backbone.norm = model.roi_heads.box_head.conv_norm = model.roi_heads.mask_head.conv_norm = _dgn
 model.backbone.bottom_up.stages.depth = 18
 del model.backbone.bottom_up.stages.stride_in_1x1  # a BottleneckBlock argument
-model.backbone.out_channels = 64
-model.proposal_generator.head.in_channels = 64
-model.roi_heads.num_classes = 3
-model.roi_heads.box_head.input_shape.channels = 64
-model.roi_heads.box_head.conv_dims = [64, 64]
-model.roi_heads.box_head.fc_dims = [128]
-model.roi_heads.box_predictor.input_shape.channels = 128
-model.roi_heads.mask_head.input_shape.channels = 64
-model.roi_heads.mask_head.conv_dims = [64, 64]
-
-dataloader.train.dataset.names = "dgn_synthetic_coco_train"
-dataloader.test.dataset.names = "dgn_synthetic_coco_val"
-dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
-dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 0
-dataloader.test.num_workers = 0
-
+""" + tiny_heads_and_data(64, 128) + """
 train.max_iter = 2
 train.eval_period = 0
 train.checkpointer.period = 100

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("detectron2.config", reason="Detectron2 is not installed (built from source: see docs/detectron2.md)")
 
 import torch  # noqa: E402
-from d2_support import config_path, detectron2_configs_dir  # noqa: E402
+from d2_support import config_path, detectron2_configs_dir, tiny_heads_and_data  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
@@ -54,24 +54,8 @@ net = model.backbone.net
 net.img_size, net.embed_dim, net.depth, net.num_heads = 64, {dims}, {depth}, 2
 net.window_size, net.window_block_indexes, net.drop_path_rate = 2, [0], 0.0
 model.backbone.square_pad = 64
-model.backbone.out_channels = 32
-model.proposal_generator.head.in_channels = 32
-model.roi_heads.num_classes = 3
-model.roi_heads.box_head.input_shape.channels = 32
-model.roi_heads.box_head.conv_dims = [32, 32]
-model.roi_heads.box_head.fc_dims = [64]
-model.roi_heads.box_predictor.input_shape.channels = 64
-model.roi_heads.mask_head.input_shape.channels = 32
-model.roi_heads.mask_head.conv_dims = [32, 32]
 optimizer.params.lr_factor_func = partial(get_vit_lr_decay_rate, num_layers={depth}, lr_decay_rate=0.7)
-
-dataloader.train.dataset.names = "dgn_synthetic_coco_train"
-dataloader.test.dataset.names = "dgn_synthetic_coco_val"
-dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=64, max_size=64)]
-dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 0
-dataloader.test.num_workers = 0
+""" + tiny_heads_and_data(32, 64) + """
 del dataloader.evaluator  # training only
 
 train.init_checkpoint = ""  # the MAE weights are a download; the tests make their own checkpoints
