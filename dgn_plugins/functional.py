@@ -53,7 +53,27 @@ def _per_channel(t: Tensor, ndim: int) -> Tensor:
 
 def _group_sum(values: Tensor, group_id: Tensor, num_groups: int) -> Tensor:
     """Sum [N, C] values into [N, K] by group id (differentiable)."""
+    if compat.is_compiling():  # see _to_channels
+        return values.matmul(_membership(group_id, num_groups, values.dtype))
     return values.new_zeros(values.shape[0], num_groups).index_add(1, group_id, values)
+
+
+def _to_channels(values: Tensor, group_id: Tensor) -> Tensor:
+    """Each channel's entry of an [N, K] tensor, [N, C] (differentiable).
+
+    Under ``torch.compile`` both this and :func:`_group_sum` are one-hot matrix products instead of
+    an index and an ``index_add``: torch 2.1's Inductor (the OpenMMLab 3.x stack's) miscompiles
+    CPU scatter-adds (``index_add``, ``index_put(accumulate=True)``, the backward of an index), so a
+    compiled layer gave wrong outputs and gradients there. Sums of one-hot products are exact.
+    """
+    if compat.is_compiling():
+        return values.matmul(_membership(group_id, values.shape[1], values.dtype).t())
+    return values[:, group_id]
+
+
+def _membership(group_id: Tensor, num_groups: int, dtype: torch.dtype) -> Tensor:
+    """The one-hot [C, K] membership matrix, by comparison: ``one_hot`` cannot be traced with fake tensors on torch 2.1."""
+    return (group_id.unsqueeze(1) == torch.arange(num_groups, device=group_id.device)).to(dtype)
 
 
 def _channel_moments(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -106,13 +126,13 @@ def reference_forward(
     group_mean = _group_sum(channel_mean, group_id, num_groups) / count
     # Within-group variance = mean over channels of (channel variance + squared deviation
     # of the channel mean from the group mean): no cancellation, unlike E[x^2] - E[x]^2.
-    deviation = channel_mean - group_mean[:, group_id]
+    deviation = channel_mean - _to_channels(group_mean, group_id)
     group_var = _group_sum(channel_var + deviation * deviation, group_id, num_groups) / count
     group_rstd = torch.rsqrt(group_var + eps)
-    scale = group_rstd[:, group_id]
+    scale = _to_channels(group_rstd, group_id)
     if weight is not None:
         scale = scale * weight.double()
-    shift = (pivot.double() - group_mean[:, group_id]) * scale
+    shift = (pivot.double() - _to_channels(group_mean, group_id)) * scale
     if bias is not None:
         shift = shift + bias.double()
     centred = x.to(stats_dtype) - _per_channel(pivot, ndim)
@@ -188,8 +208,8 @@ def reference_backward(
         return (torch.zeros_like(x) if output_mask[0] else empty, zeros if output_mask[1] else empty,
                 zeros.clone() if output_mask[2] else empty)
     rstd = group_rstd.double()
-    rstd_c = rstd[:, group_id]
-    centred = x.to(stats_dtype) - _per_channel(group_mean.to(stats_dtype)[:, group_id], ndim)
+    rstd_c = _to_channels(rstd, group_id)
+    centred = x.to(stats_dtype) - _per_channel(_to_channels(group_mean.to(stats_dtype), group_id), ndim)
     dy = grad_y.to(stats_dtype)
     sum_dy = dy.sum(dim=spatial, dtype=torch.float64)
     sum_dy_xhat = rstd_c * (dy * centred).sum(dim=spatial, dtype=torch.float64)
@@ -206,8 +226,8 @@ def reference_backward(
         mean_wdy = _group_sum(weighted_dy, group_id, num_groups) / elements
         mean_wdy_xhat = _group_sum(weighted_dy_xhat, group_id, num_groups) / elements
         coef_dy = rstd_c * w if w is not None else rstd_c
-        coef_centred = (-rstd * rstd * mean_wdy_xhat)[:, group_id]
-        coef_const = (-rstd * mean_wdy)[:, group_id]
+        coef_centred = _to_channels(-rstd * rstd * mean_wdy_xhat, group_id)
+        coef_const = _to_channels(-rstd * mean_wdy, group_id)
         grad_x = (dy * _per_channel(coef_dy.to(stats_dtype), ndim)
                   + centred * _per_channel(coef_centred.to(stats_dtype), ndim)
                   + _per_channel(coef_const.to(stats_dtype), ndim))

@@ -72,6 +72,26 @@ def test_compiled_training_matches_eager_and_does_not_recompile_per_shape():
     assert counts["stats"]["unique_graphs"] <= 2, dict(counts["stats"])  # the first shape, then one dynamic graph
 
 
+def test_inductor_training_matches_eager():
+    """Inductor's generated code, not only the traced graph: torch 2.1's Inductor, which compiles the plain
+    formulation there, miscompiled its scatter-adds (wrong outputs and gradients, no error)."""
+    torch.manual_seed(0)
+    eager = _Small()
+    compiled_model = _Small()
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model)  # the default backend: Inductor
+    x = torch.randn(2, 3, 8, 8)
+    expected, out = eager(x), compiled(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), list(compiled_model.parameters()))
+    reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
+    for mine, theirs in zip(grads, reference):
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    for name in ("norm1", "norm2"):
+        torch.testing.assert_close(getattr(compiled_model, name).channel_mean_ema, getattr(eager, name).channel_mean_ema)
+        torch.testing.assert_close(getattr(compiled_model, name).channel_var_ema, getattr(eager, name).channel_var_ema)
+
+
 def _vit_with_token_dgn(over, **size):
     """torchvision's VisionTransformer (nn.LayerNorm) converted to the token layer, in a regrouped state."""
     torchvision = pytest.importorskip("torchvision", reason="torchvision builds the ViT (make setup installs it)")
