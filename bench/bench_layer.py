@@ -16,6 +16,7 @@ float32 <= 1.05x, peak memory 1.0x, overhead <= 1.2x GN's.
 
     python bench/bench_layer.py [--repeats 15] [--threads 2] [--clock wall|cpu] [--no-memory] [--malloc steady|default]
     python bench/bench_layer.py --tokens --threads 1 --clock cpu   # the token layer on ViT-B shapes
+    python bench/bench_layer.py --overhead-only --threads 1 --clock cpu   # the overhead row alone
 
 ``--tokens`` times ``TokenDynamicGroupNorm`` on ViT-B tokens, (8, 197, 768)
 and (2, 1025, 768) float32, each against what it generalises: per token with
@@ -136,17 +137,20 @@ def medians(candidates, repeats, clock):
 
 
 def overhead_medians(repeats, clock, calls=200):
-    """Per-call forward+backward time of each candidate on a 2x64x1x1 input: the fixed cost of a layer."""
-    x, dy, gn, dgn = make_case(64, 1, 1, "default", "nchw f32")
-    fns = step_fns(x, dy, gn, dgn)
-    batched = {}
-    for name, (_, train) in fns.items():
-        if name == "reference":
-            continue
+    """Per-call forward+backward time of GN and the native DGN on a 2x64x1x1 input: the fixed cost of a layer.
 
-        def many(train=train):
-            for _ in range(calls):
-                train()
+    The backend is chosen once per batch of calls, not per call: a user's layer call pays no
+    ``use_backend`` block (about a microsecond, a few percent of this row).
+    """
+    x, dy, gn, dgn = make_case(64, 1, 1, "default", "nchw f32")
+    batched = {}
+    for name, module, backend in (("gn", gn, None), ("native", dgn, "native")):
+        train = train_step(module, x, dy)
+
+        def many(train=train, backend=backend):
+            with use_backend(backend) if backend else _nothing():
+                for _ in range(calls):
+                    train()
         batched[name] = many
     return {name: value / calls for name, value in medians(batched, repeats, clock).items()}
 
@@ -258,6 +262,8 @@ def main():
     parser.add_argument("--malloc", choices=("steady", "default"), default="steady",
                         help="steady: no page faults from freed-and-remapped buffers (see above)")
     parser.add_argument("--tokens", action="store_true", help="the token layer on ViT-B shapes (see above)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the per-layer overhead row (seconds, not minutes: for repeated runs side by side)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--token-memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -291,7 +297,7 @@ def main():
     print(header)
     print("-" * len(header))
     worst = {}
-    for variant in args.variants:
+    for variant in [] if args.overhead_only else args.variants:
         for channels, height, width in SHAPES:
             for layout in ("default", "ragged"):
                 x, dy, gn, dgn = make_case(channels, height, width, layout, variant)

@@ -385,11 +385,13 @@ class DynamicGroupNorm(DynamicGrouping, nn.GroupNorm):
                                           "TokenDGN / TokenDynamicGroupNorm",
                                           input.dim() > 0 and input.shape[-1] == self.num_channels))
         # Parameters and buffers straight from their dicts: nn.Module.__getattr__ would cost a few
-        # microseconds per layer and step. In training the same call updates the running statistics.
+        # microseconds per layer and step. In training the same call updates the running statistics;
+        # the [N, C] statistics are not asked for (the layer returns only y: making them costs a small
+        # layer's call more than its normalisation does).
         buffers, parameters = self._buffers, self._parameters
         return dynamic_group_norm_with_stats(input, buffers["group_id"], self.num_groups, parameters["weight"],
                                              parameters["bias"], self.eps, buffers["group_count"],
-                                             self._running_stats())[0]
+                                             self._running_stats(), channel_stats=False)[0]
 
     def extra_repr(self) -> str:
         return (

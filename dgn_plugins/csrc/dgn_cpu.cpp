@@ -11,6 +11,7 @@
 
 #include <torch/extension.h>
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -135,6 +136,17 @@ int64_t grain_rows(int64_t row_size) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_size));
 }
 
+// New CPU tensors straight from the allocator: at::empty and at::empty_like go through the dispatcher,
+// which costs more than a small layer's arithmetic. Every output made here is written in full.
+at::Tensor new_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return at::detail::empty_cpu(sizes, dtype, /*pin_memory=*/false, c10::nullopt);
+}
+
+// A new tensor with x's sizes, strides and dtype (x is dense: NCHW-contiguous or channels last).
+at::Tensor new_cpu_like(const at::Tensor& x) {
+  return at::detail::empty_strided_cpu(x.sizes(), x.strides(), x.scalar_type(), /*pin_memory=*/false);
+}
+
 // A small ([C], [K], [N, K]) tensor's values as doubles, read directly for the usual dtypes
 // (a tensor op costs microseconds, which add up over the layers of a network).
 std::vector<double> doubles(const at::Tensor& t) {
@@ -157,12 +169,12 @@ std::vector<double> doubles(const at::Tensor& t) {
 at::Tensor tensor_of(const std::vector<double>& values, at::ScalarType dtype) {
   const int64_t size = int64_t(values.size());
   if (dtype == at::kFloat || dtype == at::kDouble) {
-    at::Tensor out = at::empty({size}, at::TensorOptions().dtype(dtype));
+    at::Tensor out = new_cpu({size}, dtype);
     if (dtype == at::kFloat) std::copy_n(values.begin(), size, out.data_ptr<float>());
     else std::copy_n(values.begin(), size, out.data_ptr<double>());
     return out;
   }
-  at::Tensor out = at::empty({size}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor out = new_cpu({size}, at::kDouble);
   std::copy_n(values.begin(), size, out.data_ptr<double>());
   return out.to(dtype);
 }
@@ -451,18 +463,19 @@ std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, 
   std::vector<double> w_holder, b_holder;
   const std::vector<T> w = in_group_order<T>(optional_doubles(weight, w_holder), groups, 1.0);
   const std::vector<T> b = in_group_order<T>(optional_doubles(bias, b_holder), groups, 0.0);
-  const auto stats = x.options().dtype(std::is_same<T, double>::value ? at::kDouble : at::kFloat);
-  at::Tensor y = at::empty_like(x);
+  const at::ScalarType stats_dtype = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
+  const auto stats = x.options().dtype(stats_dtype);
+  at::Tensor y = new_cpu_like(x);
   // A token's per-channel statistics are its values and zero: made only when asked for.
   at::Tensor channel_mean, channel_var;
   if (options.channel_stats) {
     channel_mean = x.reshape({n, channels}).to(stats.dtype().toScalarType(), false, /*copy=*/true);
     channel_var = at::zeros({n, channels}, stats);
   } else {
-    channel_mean = at::empty({0, channels}, stats);
-    channel_var = at::empty({0, channels}, stats);
+    channel_mean = new_cpu({0, channels}, stats_dtype);
+    channel_var = new_cpu({0, channels}, stats_dtype);
   }
-  at::Tensor group_mean = at::empty({n, num_groups}, stats), group_rstd = at::empty({n, num_groups}, stats);
+  at::Tensor group_mean = new_cpu({n, num_groups}, stats_dtype), group_rstd = new_cpu({n, num_groups}, stats_dtype);
   const S* xs = storage<S>(x);
   S* ys = storage<S>(y);
   T* gm = group_mean.data_ptr<T>();
@@ -514,7 +527,7 @@ std::vector<at::Tensor> forward_tokens(const at::Tensor& x, const Shape& shape, 
   });
   std::vector<at::Tensor> outs = {y, channel_mean, channel_var, group_mean, group_rstd};
   if (options.batch_stats) {  // [1, C] mean and total variance of the batch
-    at::Tensor batch_mean = at::empty({1, channels}, stats), batch_var = at::empty({1, channels}, stats);
+    at::Tensor batch_mean = new_cpu({1, channels}, stats_dtype), batch_var = new_cpu({1, channels}, stats_dtype);
     T* bm = batch_mean.data_ptr<T>();
     T* bv = batch_var.data_ptr<T>();
     for (int64_t j = 0; j < channels; ++j) {  // group order j, channel c
@@ -548,7 +561,7 @@ std::vector<at::Tensor> backward_tokens(const at::Tensor& dy, const at::Tensor& 
   const std::vector<T> w = in_group_order<T>(wp, groups, 1.0);
   const std::vector<double> gm = doubles(group_mean), gr = doubles(group_rstd);
   at::Tensor dx;
-  if (needs_dx) dx = at::empty_like(x);
+  if (needs_dx) dx = new_cpu_like(x);
   const bool needs_params = needs_dweight || needs_dbias;
   const bool wide = wide_groups(channels, num_groups);
   const int64_t blocks = (n + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
@@ -647,10 +660,11 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Shape& shape, co
   const double* wp = optional_doubles(weight, w_holder);
   const double* bp = optional_doubles(bias, b_holder);
 
-  const auto stats = x.options().dtype(std::is_same<T, double>::value ? at::kDouble : at::kFloat);
-  at::Tensor y = at::empty_like(x);  // keeps the memory format
-  at::Tensor channel_mean = at::empty({n, channels}, stats), channel_var = at::empty({n, channels}, stats);
-  at::Tensor group_mean_t = at::empty({n, num_groups}, stats), group_rstd_t = at::empty({n, num_groups}, stats);
+  const at::ScalarType stats_dtype = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
+  const auto stats = x.options().dtype(stats_dtype);
+  at::Tensor y = new_cpu_like(x);  // keeps the memory format
+  at::Tensor channel_mean = new_cpu({n, channels}, stats_dtype), channel_var = new_cpu({n, channels}, stats_dtype);
+  at::Tensor group_mean_t = new_cpu({n, num_groups}, stats_dtype), group_rstd_t = new_cpu({n, num_groups}, stats_dtype);
   T* cm = channel_mean.data_ptr<T>();
   T* cv = channel_var.data_ptr<T>();
   T* gm_out = group_mean_t.data_ptr<T>();
@@ -737,7 +751,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
   for (int64_t r = 0; r < rows; ++r) center[r] = T(group_mean_d[groups.row_group[r]]);
   std::vector<double> sum_dy(rows), sum_dy_xhat(rows);
   at::Tensor dx;
-  if (needs_dx) dx = at::empty_like(x);
+  if (needs_dx) dx = new_cpu_like(x);
   std::vector<T> row_dy(needs_dx ? rows : 0), row_x(row_dy.size()), row_const(row_dy.size());
   // dx = r w dy - r mean_k(w dy) - r^2 (x - mean) mean_k(w dy x_hat), means over the group's |k| * size
   // elements: the per-row coefficients of group k of sample i, from its rows' sums.
@@ -831,7 +845,7 @@ c10::optional<Shape> walk(const at::Tensor& x) {
 at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& x) {
   if (!walk(x)->last) return t.contiguous();
   if (t.strides() == x.strides()) return t;
-  at::Tensor out = at::empty_like(x);  // dense: x's strides
+  at::Tensor out = new_cpu_like(x);  // dense: x's strides
   out.copy_(t);
   return out;
 }
@@ -946,8 +960,8 @@ ForwardResult cpu_group_norm(const Tensor& input, const Tensor& group_id, const 
     cpu_update_channel_stats(mean, var, count, outs[batch ? 5 : 1], outs[batch ? 6 : 2], momentum);
   }
   if (!channel_stats && outs[1].size(0) != 0) {
-    outs[1] = at::empty({0, input.size(1)}, outs[1].options());
-    outs[2] = at::empty({0, input.size(1)}, outs[2].options());
+    outs[1] = new_cpu({0, input.size(1)}, outs[1].scalar_type());
+    outs[2] = new_cpu({0, input.size(1)}, outs[2].scalar_type());
   }
   return {outs[0], outs[1], outs[2], outs[3], outs[4]};
 }
@@ -958,7 +972,7 @@ BackwardResult cpu_group_norm_backward(const Tensor& grad_y, const Tensor& input
                                        std::array<bool, 3> output_mask) {
   TORCH_CHECK(grad_y.sizes() == input.sizes(), "dgn::group_norm_backward: grad_y has shape ", grad_y.sizes(),
               ", the input ", input.sizes());
-  const Tensor none = at::empty({0}, input.options());
+  const Tensor none = new_cpu({0}, input.scalar_type());
   const bool has_weight = weight.has_value() && weight->defined();
   const auto param = input.options().dtype(has_weight ? weight->scalar_type() : grad_y.scalar_type());
   if (input.numel() == 0) {
@@ -1166,6 +1180,9 @@ struct GroupNormBackward : public torch::autograd::Node {
       }
       return result;
     }
+    // Straight to the device's kernel: the backward operator has no autograd kernel, and the dispatcher's
+    // autograd fallback would box and unbox every argument (about a fifth of a small layer's call).
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     BackwardResult outs = backward_op().call(grad_y, input, group_mean.unpack(), group_rstd.unpack(), group_id,
                                              group_count, optional(w), num_groups, mask);
     if (mask[0]) result[0] = std::get<0>(outs);
