@@ -128,8 +128,9 @@ def test_vit_b_with_token_dgn_has_no_graph_breaks():
     assert len(list(dgn_layers(model))) == 25
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])  # Inductor: see test_inductor_training_matches_eager
 @pytest.mark.parametrize("over", ["token", "sequence"])
-def test_compiled_token_layer_matches_eager(over):
+def test_compiled_token_layer_matches_eager(over, backend):
     from dgn_plugins import TokenDynamicGroupNorm
 
     torch.manual_seed(0)
@@ -137,7 +138,7 @@ def test_compiled_token_layer_matches_eager(over):
     eager[1].set_group_ids(random_group_ids(32, 8, 1, 7, torch.Generator().manual_seed(1)))
     twin = nn.Sequential(nn.Linear(8, 32), TokenDynamicGroupNorm(32, 8, over=over, alpha=0.9), nn.GELU())
     twin.load_state_dict(eager.state_dict())
-    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(twin, backend=backend, fullgraph=True)
     for shape in [(2, 5, 8), (3, 7, 8)]:
         x = torch.randn(shape)
         expected, out = eager(x), compiled(x)
