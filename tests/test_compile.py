@@ -47,6 +47,15 @@ class _Small(nn.Module):
         return F.relu_(self.norm2(F.relu(self.norm1(self.conv(x)))))
 
 
+def _assert_step_matches(out, expected, model, eager):
+    """A compiled model's output and every parameter's gradient (of a squared loss) against eager mode's."""
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
+    for mine, theirs in zip(grads, reference):
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+
+
 def test_compiled_training_matches_eager_and_does_not_recompile_per_shape():
     torch.manual_seed(0)
     eager = _Small()
@@ -60,11 +69,7 @@ def test_compiled_training_matches_eager_and_does_not_recompile_per_shape():
         x = torch.randn(batch, 3, size, size)
         expected = eager(x)
         out = compiled(x)
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-        grads = torch.autograd.grad(out.square().sum(), list(compiled_model.parameters()))
-        reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
-        for mine, theirs in zip(grads, reference):
-            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+        _assert_step_matches(out, expected, compiled_model, eager)
     # The running statistics were updated in the compiled graph as in eager mode.
     for name in ("norm1", "norm2"):
         torch.testing.assert_close(getattr(compiled_model, name).channel_mean_ema, getattr(eager, name).channel_mean_ema)
@@ -82,11 +87,7 @@ def test_inductor_training_matches_eager():
     compiled = torch.compile(compiled_model)  # the default backend: Inductor
     x = torch.randn(2, 3, 8, 8)
     expected, out = eager(x), compiled(x)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    grads = torch.autograd.grad(out.square().sum(), list(compiled_model.parameters()))
-    reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
-    for mine, theirs in zip(grads, reference):
-        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    _assert_step_matches(out, expected, compiled_model, eager)
     for name in ("norm1", "norm2"):
         torch.testing.assert_close(getattr(compiled_model, name).channel_mean_ema, getattr(eager, name).channel_mean_ema)
         torch.testing.assert_close(getattr(compiled_model, name).channel_var_ema, getattr(eager, name).channel_var_ema)
@@ -142,10 +143,6 @@ def test_compiled_token_layer_matches_eager(over, backend):
     for shape in [(2, 5, 8), (3, 7, 8)]:
         x = torch.randn(shape)
         expected, out = eager(x), compiled(x)
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-        grads = torch.autograd.grad(out.square().sum(), list(twin.parameters()))
-        reference = torch.autograd.grad(expected.square().sum(), list(eager.parameters()))
-        for mine, theirs in zip(grads, reference):
-            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+        _assert_step_matches(out, expected, twin, eager)
     torch.testing.assert_close(twin[1].channel_mean_ema, eager[1].channel_mean_ema)
     assert int(twin[1].num_stat_updates) == 2
