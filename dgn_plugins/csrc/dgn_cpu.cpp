@@ -661,7 +661,6 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Shape& shape, co
   const double* bp = optional_doubles(bias, b_holder);
 
   const at::ScalarType stats_dtype = std::is_same<T, double>::value ? at::kDouble : at::kFloat;
-  const auto stats = x.options().dtype(stats_dtype);
   at::Tensor y = new_cpu_like(x);  // keeps the memory format
   at::Tensor channel_mean = new_cpu({n, channels}, stats_dtype), channel_var = new_cpu({n, channels}, stats_dtype);
   at::Tensor group_mean_t = new_cpu({n, num_groups}, stats_dtype), group_rstd_t = new_cpu({n, num_groups}, stats_dtype);
