@@ -9,7 +9,11 @@
 # Detectron2 is built from source each time an environment is made, ~2-4 min).
 PYTHON ?= python3.11
 STACK ?= torch2.13
+# The two tested stacks (README, "Tested stacks"); `make test` runs both.
+STACKS := torch2.13 torch2.1
 MAX_JOBS ?= 2
+# bash: `make test` labels each stack's lines through a pipe and must keep its exit status.
+SHELL := /bin/bash
 
 ifeq ($(STACK),torch2.13)
 VENV := .venv
@@ -42,6 +46,10 @@ endif
 PY := $(abspath $(VENV))/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# The native extensions as last built in this environment: setup builds them,
+# `make ext` rebuilds them only when their sources are newer.
+EXT_STAMP := $(VENV)/.ext-built
+EXT_SOURCES := setup.py $(wildcard dgn_plugins/csrc/*)
 STACK_REQUIREMENTS := requirements/stack-$(STACK).txt
 
 # Detectron2 is on no registry: built from source, this commit. From a copy of
@@ -54,7 +62,7 @@ DETECTRON2_TARBALL ?= ../shared/third_party/detectron2-02b5c4e2.tar.gz
 DETECTRON2_BUILD := build/$(STACK)/detectron2-src
 DETECTRON2_SOURCE := $(if $(wildcard $(DETECTRON2_TARBALL)),$(DETECTRON2_BUILD)/detectron2,git+https://github.com/facebookresearch/detectron2.git@$(DETECTRON2_COMMIT))
 
-.PHONY: setup sync-src ext check-ext demo test test-stack wheel-check bench clean
+.PHONY: setup sync-src ext check-ext demo test test-stack wheel-check bench clean $(addprefix test-labelled-,$(STACKS))
 
 setup: $(STAMP)
 
@@ -94,6 +102,7 @@ $(STAMP): setup.py $(STACK_REQUIREMENTS) requirements/build.txt requirements/too
 	  print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'Detectron2 built with its ops and configs')"
 	$(MAKE) --no-print-directory check-ext
 	touch $(STAMP)
+	touch $(EXT_STAMP)
 
 # The old stack's copy of the checkout: tracked and new (not ignored) files,
 # refreshed before each use; its compiled extensions and build folder stay.
@@ -113,28 +122,45 @@ check-ext:
 	  { echo "dgn_plugins._kmeans (k-means inner loops) did not build; \`cd $(SRC) && $(PIP) install -v --no-deps --no-build-isolation --use-pep517 -e .\` shows why" >&2; exit 1; }
 
 # Rebuild the native extensions after editing dgn_plugins/csrc (the old stack's
-# copy is refreshed first; ninja recompiles only what changed).
-ext: setup
+# copy is refreshed first; ninja recompiles only what changed). Nothing to do
+# when setup has just built them from the same sources.
+ext: $(EXT_STAMP)
+
+$(EXT_STAMP): $(STAMP) $(EXT_SOURCES)
 	$(MAKE) --no-print-directory sync-src
 	cd $(SRC) && $(PY) setup.py -q build_ext --inplace
 	$(MAKE) --no-print-directory check-ext
+	touch $(EXT_STAMP)
 
 demo: setup
 	$(PY) tools/demo.py
 
-# Both stacks: ruff first (pyproject.toml), then the whole suite on each,
-# Detectron2's tests included: DGN_REQUIRE_DETECTRON2 makes them fail rather
-# than skip when Detectron2 (or what they need) is missing.
+# Both stacks, side by side: one stack's downloads and single-threaded test
+# stretches fill the cores while the other compiles (a fresh clone on 2 cores
+# took over 90 minutes one stack after the other). Each line is labelled with
+# its stack; either failing fails `make test`. ruff first (pyproject.toml), then
+# the whole suite on each, Detectron2's tests included: DGN_REQUIRE_DETECTRON2
+# makes them fail rather than skip when Detectron2 (or what they need) is missing.
 test:
-	$(MAKE) --no-print-directory test-stack STACK=torch2.13
-	$(MAKE) --no-print-directory test-stack STACK=torch2.1
+	@echo "make test: stacks $(STACKS) side by side, started $$(date -u +%T)"
+	$(MAKE) --no-print-directory -j2 $(addprefix test-labelled-,$(STACKS))
+	@echo "make test: passed on $(STACKS), finished $$(date -u +%T)"
+
+$(addprefix test-labelled-,$(STACKS)): test-labelled-%:
+	set -o pipefail; $(MAKE) --no-print-directory test-stack STACK=$* 2>&1 | sed -u 's/^/[$*] /'
 
 # One stack's suite (`make test-stack STACK=torch2.1` for the old one alone),
-# then its wheel check.
+# then its wheel check. Its own temporary folders, so that two stacks can run at once.
+STACK_TMP := /tmp/dgn-plugins-$(STACK)-$(notdir $(abspath .))
 test-stack: ext
+	@echo "$$(date -u +%T) $(STACK): environment ready; suite starts"
+	$(MAKE) --no-print-directory sync-src
 	$(if $(filter .,$(SRC)),$(PY) -m ruff check .)
-	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q --durations=25 tests $(addprefix --ignore=,$(PYTEST_IGNORE))
+	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 TORCHINDUCTOR_CACHE_DIR=$(STACK_TMP)/inductor \
+	  $(PY) -m pytest -q --durations=25 --basetemp=$(STACK_TMP)/pytest tests $(addprefix --ignore=,$(PYTEST_IGNORE))
+	@echo "$$(date -u +%T) $(STACK): suite passed; wheel check starts"
 	$(MAKE) --no-print-directory wheel-check
+	@echo "$$(date -u +%T) $(STACK): wheel check passed"
 
 # A user's non-editable install, checked: an sdist, a wheel built from it
 # against this stack's torch (no build isolation), then .ci/check_wheel.py: the
