@@ -124,9 +124,11 @@ check-ext:
 # Rebuild the native extensions after editing dgn_plugins/csrc (the old stack's
 # copy is refreshed first; ninja recompiles only what changed). Nothing to do
 # when setup has just built them from the same sources.
-ext: $(EXT_STAMP)
+# (A make of its own after setup: only then does it see the stamp setup left.)
+ext: setup
+	$(MAKE) --no-print-directory $(EXT_STAMP)
 
-$(EXT_STAMP): $(STAMP) $(EXT_SOURCES)
+$(EXT_STAMP): $(EXT_SOURCES)
 	$(MAKE) --no-print-directory sync-src
 	cd $(SRC) && $(PY) setup.py -q build_ext --inplace
 	$(MAKE) --no-print-directory check-ext
@@ -151,13 +153,19 @@ $(addprefix test-labelled-,$(STACKS)): test-labelled-%:
 
 # One stack's suite (`make test-stack STACK=torch2.1` for the old one alone),
 # then its wheel check. Its own temporary folders, so that two stacks can run at once.
+# A test still running after TEST_TIMEOUT seconds (the slowest takes about a
+# minute) is a hang: pytest-timeout prints every thread's stack and stops the
+# suite, instead of CI running out of time with no word of where it stuck.
+TEST_TIMEOUT ?= 600
 STACK_TMP := /tmp/dgn-plugins-$(STACK)-$(notdir $(abspath .))
 test-stack: ext
 	@echo "$$(date -u +%T) $(STACK): environment ready; suite starts"
 	$(MAKE) --no-print-directory sync-src
 	$(if $(filter .,$(SRC)),$(PY) -m ruff check .)
+	mkdir -p $(STACK_TMP)
 	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 TORCHINDUCTOR_CACHE_DIR=$(STACK_TMP)/inductor \
-	  $(PY) -m pytest -q --durations=25 --basetemp=$(STACK_TMP)/pytest tests $(addprefix --ignore=,$(PYTEST_IGNORE))
+	  $(PY) -m pytest -q --durations=25 --timeout=$(TEST_TIMEOUT) --timeout-method=thread \
+	  --basetemp=$(STACK_TMP)/pytest tests $(addprefix --ignore=,$(PYTEST_IGNORE))
 	@echo "$$(date -u +%T) $(STACK): suite passed; wheel check starts"
 	$(MAKE) --no-print-directory wheel-check
 	@echo "$$(date -u +%T) $(STACK): wheel check passed"
