@@ -138,8 +138,8 @@ demo: setup
 	$(PY) tools/demo.py
 
 # Both stacks, side by side: one stack's downloads and single-threaded test
-# stretches fill the cores while the other compiles (a fresh clone on 2 cores
-# took over 90 minutes one stack after the other). Each line is labelled with
+# stretches fill the cores while the other compiles (CI once ran past its 90
+# minutes one stack after the other). Each line is labelled with
 # its stack; either failing fails `make test`. ruff first (pyproject.toml), then
 # the whole suite on each, Detectron2's tests included: DGN_REQUIRE_DETECTRON2
 # makes them fail rather than skip when Detectron2 (or what they need) is missing.
@@ -166,6 +166,8 @@ test-stack: ext
 	cd $(SRC) && DGN_REQUIRE_DETECTRON2=1 TORCHINDUCTOR_CACHE_DIR=$(STACK_TMP)/inductor \
 	  $(PY) -m pytest -q --durations=25 --timeout=$(TEST_TIMEOUT) --timeout-method=thread \
 	  --basetemp=$(STACK_TMP)/pytest tests $(addprefix --ignore=,$(PYTEST_IGNORE))
+	@# What the tests wrote (several GB: checkpoints, work dirs) is kept only when they fail.
+	rm -rf $(STACK_TMP)/pytest
 	@echo "$$(date -u +%T) $(STACK): suite passed; wheel check starts"
 	$(MAKE) --no-print-directory wheel-check
 	@echo "$$(date -u +%T) $(STACK): wheel check passed"
