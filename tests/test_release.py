@@ -71,9 +71,10 @@ def test_make_test_runs_both_stacks_and_the_wheel_check():
     assert done.returncode == 0, done.stderr
     for stack in ("torch2.13", "torch2.1"):
         lines = [line for line in done.stdout.splitlines() if line.startswith(f"[{stack}] ")]
-        assert any("-m pytest" in line for line in lines), f"make test runs no suite on {stack}"
-        suite = next(i for i, line in enumerate(lines) if "-m pytest" in line)
-        wheel = next(i for i, line in enumerate(lines) if "check_wheel.py" in line)
+        suite = next((i for i, line in enumerate(lines) if "-m pytest" in line), None)
+        wheel = next((i for i, line in enumerate(lines) if "check_wheel.py" in line), None)
+        assert suite is not None, f"make test runs no suite on {stack}"
+        assert wheel is not None, f"make test runs no wheel check on {stack}"
         assert suite < wheel, stack
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
 
